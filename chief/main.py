@@ -1,0 +1,99 @@
+"""`ktc chief`: build the tuner, serve its oracle until the search is over, write the results."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from chief.metrics import ChiefMetrics
+from chief.oracle import cluster_oracle_class
+from chief.service import build_server
+from worker.config import SearchConfig
+from worker.tuner import build_tuner
+
+log = logging.getLogger("ktc.chief")
+TICK_SECONDS = 0.5
+
+
+def state_dir(config: SearchConfig) -> Path:
+    return Path(config.results) / config.search_id / "ktc-state"
+
+
+def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
+              linger: bool = False, drain_seconds: float = 10.0) -> int:
+    """Serve until the search is over; 0 when it completed, 1 when it failed."""
+    # keras-tuner makes a Tuner the chief only when "chief" is in its tuner id.
+    os.environ["KERASTUNER_TUNER_ID"] = "chief"
+    metrics = ChiefMetrics()
+    tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
+    oracle = tuner.oracle
+    oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
+                         config.early_stopping_on, events=metrics)
+    if oracle.restore():
+        log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
+    else:
+        oracle.save()
+    metrics.info.info({"search_id": config.search_id, "tuner": config.tuner,
+                       "objective": config.objective, "direction": config.direction})
+    metrics.watch(oracle)
+    http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
+    server, port = build_server(oracle, metrics, address, token,
+                                search_info={"search_id": config.search_id, "tuner": config.tuner})
+    print(f"chief: serving the oracle on {address.rsplit(':', 1)[0]}:{port}, metrics on :{metrics_port}", flush=True)
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    try:
+        while not oracle.done and not terminated.wait(TICK_SECONDS):
+            for trial_id in oracle.expire_leases():
+                log.warning("lease of trial %s expired: requeued", trial_id)
+        if terminated.is_set():
+            return 0  # state is on disk; a restarted chief resumes
+        _drain(oracle, drain_seconds)
+        write_results(tuner, config)
+        if oracle.failure:
+            print(f"chief: the search failed: {oracle.failure}", flush=True)
+        if linger:
+            terminated.wait()
+        return 1 if oracle.failure else 0
+    finally:
+        server.stop(grace=2).wait()
+        http_server.shutdown()
+        oracle.journal.close()
+
+
+def _drain(oracle, seconds: float) -> None:
+    """Give connected workers a moment to hear that the search is over."""
+    deadline = time.monotonic() + seconds
+    while oracle.tuner_ids and time.monotonic() < deadline:
+        time.sleep(TICK_SECONDS)
+
+
+def write_results(tuner, config: SearchConfig) -> None:
+    results = Path(config.results)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        tuner.results_summary(num_trials=10)
+    summary = buffer.getvalue()
+    (results / "summary.txt").write_text(summary)
+    print(summary, flush=True)
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    if not best:
+        log.warning("no trial completed: no best model to write")
+        return
+    trial = best[0]
+    (results / "best_hyperparameters.json").write_text(json.dumps(
+        {"trial_id": trial.trial_id, "score": trial.score, "objective": config.objective,
+         "direction": config.direction, "hyperparameters": trial.hyperparameters.values}, indent=2))
+    try:
+        tuner.load_model(trial).save(results / "best_model.keras")
+    except Exception as exc:  # noqa: BLE001 - the hyperparameters are written; say why the model is not
+        log.error("could not write the best model of trial %s: %s", trial.trial_id, exc)

@@ -1,0 +1,93 @@
+"""Every metric the chief exports, defined in one place, on one registry.
+
+Counters and histograms are updated as events happen; the search state (trials by status, best
+objective, leases) is read from the oracle at scrape time by `OracleCollector`, so it can never
+drift from what the oracle holds. Label values are bounded: RPC method names, gRPC codes, trial
+statuses, requeue reasons, tuner ids (one per worker) and the ids of the top `TOP_TRIALS` trials.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from chief.oracle import Events
+
+TOP_TRIALS = 20
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STATUSES = ("RUNNING", "IDLE", "COMPLETED", "INVALID", "FAILED", "STOPPED")
+
+
+class ChiefMetrics(Events):
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rpc_requests = Counter("ktc_chief_rpc_requests", "gRPC calls served, by method and status code.",
+                                    ["method", "code"], registry=r)
+        self.rpc_duration = Histogram("ktc_chief_rpc_duration_seconds", "Time to serve a gRPC call, by method.",
+                                      ["method"], buckets=RPC_BUCKETS, registry=r)
+        self.leases_expired = Counter("ktc_chief_leases_expired", "Trial leases that lapsed because their worker went silent.",
+                                      registry=r)
+        self.requeued_total = Counter("ktc_chief_trials_requeued", "Trials put back in the queue, by reason (lease_expired, handback).",
+                                ["reason"], registry=r)
+        self.trials_ended = Counter("ktc_chief_trials_ended", "EndTrial calls accepted, by the status the trial ended with.",
+                                    ["status"], registry=r)
+        self.early_stops = Counter("ktc_chief_trials_stopped_early", "Trials stopped by the median stopping rule.",
+                                   registry=r)
+        self.info = Info("ktc_search", "The search this chief runs.", registry=r)
+
+    def lease_expired(self, trial_id: str, tuner_id: str) -> None:
+        self.leases_expired.inc()
+
+    def requeued(self, trial_id: str, reason: str) -> None:
+        self.requeued_total.labels(reason=reason).inc()
+
+    def stopped_early(self, trial_id: str) -> None:
+        self.early_stops.inc()
+
+    def trial_ended(self, trial) -> None:
+        self.trials_ended.labels(status=trial.status.lower()).inc()
+
+    def watch(self, oracle) -> None:
+        self.registry.register(OracleCollector(oracle))
+
+
+class OracleCollector(Collector):
+    """Search state read from the oracle at scrape time."""
+
+    def __init__(self, oracle):
+        self.oracle = oracle
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.oracle.status()
+        trials = GaugeMetricFamily("ktc_chief_trials", "Trials by status (queued trials count as IDLE).",
+                                   labels=["status"])
+        for name in STATUSES:
+            trials.add_metric([name.lower()], status["trials"].get(name, 0))
+        yield trials
+        yield GaugeMetricFamily("ktc_chief_trials_max", "The search's trial budget (max_trials).",
+                                value=status["max_trials"] or 0)
+        yield GaugeMetricFamily("ktc_chief_search_done", "1 once the search is over.", value=int(status["done"]))
+        yield GaugeMetricFamily("ktc_chief_search_failed", "1 when the search ended in failure.",
+                                value=int(status["failure"] is not None))
+        best = status["best"]
+        if best is not None and best["score"] is not None:
+            yield GaugeMetricFamily("ktc_chief_best_objective", "Best objective value so far.", value=best["score"])
+        top = GaugeMetricFamily("ktc_chief_trial_objective", f"Objective of the best {TOP_TRIALS} completed trials.",
+                                labels=["trial_id"])
+        for trial_id, score in self.oracle.top_scores(TOP_TRIALS):
+            top.add_metric([trial_id], score)
+        yield top
+        epoch = GaugeMetricFamily("ktc_chief_running_trial_epoch", "Last epoch each running trial reported (0-based).",
+                                  labels=["trial_id", "tuner_id"])
+        for running in status["running"]:
+            epoch.add_metric([running["trial_id"], running["tuner_id"]], running["epoch"])
+        yield epoch
+        seen = GaugeMetricFamily("ktc_chief_worker_last_seen_timestamp_seconds",
+                                 "Unix time of each worker's last call to the chief.", labels=["tuner_id"])
+        for tuner_id, when in status["workers"].items():
+            seen.add_metric([tuner_id], when)
+        yield seen

@@ -1,0 +1,129 @@
+"""Durable chief state: an append-only journal plus an occasional atomic snapshot.
+
+keras-tuner rewrites `oracle.json` (every trial id and hash) on each CreateTrial and EndTrial, so a
+call costs more as the search grows, and a kill mid-write tears the file. Here each change is one
+JSON line appended to `journal-<generation>.jsonl`; a torn last line (the process died mid-write)
+is dropped on replay. A snapshot folds the journal into `snapshot.json` (written to a temporary
+file, fsynced, renamed) and starts the next generation, so restart time stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SNAPSHOT = "snapshot.json"
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a reader never sees a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Replayed:
+    """What a journal says, folded: the input of `ClusterOracle.restore`."""
+
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> Trial state, start order
+    oracle: dict[str, Any] | None = None  # the oracle's small state (no per-trial lists)
+    end_order: list[str] = field(default_factory=list)
+    run_times: dict[str, int] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)  # kt-cluster's own small state
+    stopped_early: set[str] = field(default_factory=set)
+
+    def apply(self, record: dict[str, Any]) -> None:
+        if "trial" in record:
+            state = record["trial"]
+            self.trials[state["trial_id"]] = state
+        elif "oracle" in record:
+            self.oracle = record["oracle"]
+        elif "end" in record:
+            self.run_times[record["end"]] = record["run_times"]
+            if record["final"]:
+                self.end_order.append(record["end"])
+        elif "stopped_early" in record:
+            self.stopped_early.add(record["stopped_early"])
+        elif "cluster" in record:
+            self.cluster = record["cluster"]
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {
+            "trials": list(self.trials.values()), "oracle": self.oracle, "end_order": self.end_order,
+            "run_times": self.run_times, "cluster": self.cluster, "stopped_early": sorted(self.stopped_early),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> "Replayed":
+        return cls(
+            trials={t["trial_id"]: t for t in data["trials"]}, oracle=data["oracle"],
+            end_order=list(data["end_order"]), run_times=dict(data["run_times"]),
+            cluster=dict(data["cluster"]), stopped_early=set(data["stopped_early"]),
+        )
+
+
+class Journal:
+    """Appends records; `load()` replays snapshot + journal; `snapshot()` compacts."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.generation = 0
+        self.records = 0
+        self._handle = None
+
+    def load(self) -> Replayed:
+        snapshot_path = self.directory / SNAPSHOT
+        replayed = Replayed()
+        if snapshot_path.exists():
+            data = json.loads(snapshot_path.read_text())
+            self.generation = data["generation"]
+            replayed = Replayed.from_snapshot(data["state"])
+        for record in self._read(self._journal_path()):
+            replayed.apply(record)
+        return replayed
+
+    def _read(self, path: Path) -> Iterator[dict[str, Any]]:
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return  # torn tail of a write cut short by a kill
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    return
+
+    def _journal_path(self, generation: int | None = None) -> Path:
+        return self.directory / f"journal-{self.generation if generation is None else generation}.jsonl"
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = open(self._journal_path(), "ab")
+        self._handle.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        self._handle.flush()  # in the OS's hands: survives a kill of this process
+        self.records += 1
+
+    def snapshot(self, state: Replayed) -> None:
+        """Fold everything into a snapshot of the next generation, then drop the old journal."""
+        old = self._journal_path()
+        self.generation += 1
+        atomic_write(self.directory / SNAPSHOT,
+                     json.dumps({"generation": self.generation, "state": state.to_snapshot()}))
+        self.close()
+        self.records = 0
+        old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,1 @@
+from ktc.cli import main; import sys; sys.exit(main())

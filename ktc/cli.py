@@ -1,0 +1,190 @@
+"""`ktc`: one command, subcommands for each role and tool.
+
+ktc local    a chief and N workers as local processes (the quickstart)
+ktc chief    the oracle server (one per search)
+ktc worker   a trial runner (many per search)
+ktc data     dataset tools (`ktc data synth`)
+ktc status   progress of a running search, from its chief
+ktc results  summary and export of a finished (or running) search, from its results directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from worker.config import ConfigError, SearchConfig, load
+
+DEFAULT_ORACLE_PORT = 8000
+DEFAULT_CHIEF_METRICS_PORT = 9100
+DEFAULT_WORKER_METRICS_PORT = 9101
+
+
+def _search_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("search (override the config file and KTC_* variables)")
+    g.add_argument("--config", help="search config YAML, the same file for chief and workers")
+    g.add_argument("--tuner", choices=("hyperband", "bayesian", "random"))
+    g.add_argument("--max-trials", type=int)
+    g.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
+    g.add_argument("--max-epochs", type=int, help="epochs of the longest trial (hyperband)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--data", help="dataset directory")
+    g.add_argument("--results", help="results directory (shared by chief and workers)")
+    g.add_argument("--hypermodel", help="package.module:function building a model from `hp`")
+    g.add_argument("--search-id")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--lease-seconds", type=float)
+    g.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _auth_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("authentication")
+    g.add_argument("--auth-token-file", default=os.environ.get("KTC_AUTH_TOKEN_FILE"),
+                   help="file holding the shared bearer token (env KTC_AUTH_TOKEN_FILE)")
+    g.add_argument("--insecure", action="store_true", help="no authentication (stock keras-tuner workers)")
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    names = ("tuner", "max_trials", "epochs", "max_epochs", "batch_size", "image_size", "data", "results",
+             "hypermodel", "search_id", "seed", "lease_seconds", "early_stopping")
+    return load(args.config, overrides={n: getattr(args, n) for n in names})
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    if args.insecure:
+        return None
+    if not args.auth_token_file:
+        raise ConfigError("--auth-token-file: authentication is on by default; pass the token file "
+                          "(a Kubernetes Secret in the chart) or --insecure")
+    try:
+        token = Path(args.auth_token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--auth-token-file: cannot read {args.auth_token_file} ({exc.strerror})") from exc
+    if len(token) < 16:
+        raise ConfigError(f"--auth-token-file: the token in {args.auth_token_file} is shorter than 16 characters")
+    return token
+
+
+def oracle_address(default_ip: str) -> tuple[str, int]:
+    ip = os.environ.get("KERASTUNER_ORACLE_IP", default_ip)
+    port = os.environ.get("KERASTUNER_ORACLE_PORT", str(DEFAULT_ORACLE_PORT))
+    if not port.isdigit():
+        raise ConfigError(f"KERASTUNER_ORACLE_PORT: must be a port number, got {port!r}")
+    return ip, int(port)
+
+
+def cmd_chief(args: argparse.Namespace) -> int:
+    from chief.main import run_chief
+
+    config, token = search_config(args), read_token(args)
+    ip, port = oracle_address("0.0.0.0")
+    return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.main import check_tuner_id, run_worker
+
+    config, token = search_config(args), read_token(args)
+    tuner_id = check_tuner_id(os.environ.get("KERASTUNER_TUNER_ID"))
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        raise ConfigError("KERASTUNER_ORACLE_IP: must be set to the chief's address")
+    ip, port = oracle_address("")
+    return run_worker(config, f"{ip}:{port}", tuner_id, token, args.metrics_port, args.grace_seconds)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from ktc.local import run_local
+
+    return run_local(search_config(args), workers=args.workers, base_port=args.base_port, quiet=args.quiet)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from worker.data import synth
+
+    classes = int(args.classes) if args.classes.isdigit() else args.classes.split(",")
+    synth.generate(Path(args.out), count=args.count, size=args.size, classes=classes, seed=args.seed)
+    print(f"wrote {args.count} synthetic scans to {args.out}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ktc.status import show_status
+
+    return show_status(args.chief, read_token(args), as_json=args.json)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from ktc.results import show_results
+
+    return show_results(Path(args.results), fmt=args.format, plot=args.plot, search_id=args.search_id)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ktc", description="kt-cluster: distributed keras-tuner searches.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="run a chief and N workers on this machine")
+    local.add_argument("--workers", type=int, default=2)
+    local.add_argument("--base-port", type=int, default=0, help="first port to use (default: any free ports)")
+    local.add_argument("--quiet", action="store_true", help="no live progress view")
+    _search_flags(local)
+    local.set_defaults(func=cmd_local)
+
+    chief = sub.add_parser("chief", help="serve the oracle (KERASTUNER_ORACLE_IP/PORT: address to bind)")
+    _search_flags(chief)
+    _auth_flags(chief)
+    chief.add_argument("--metrics-port", type=int, default=DEFAULT_CHIEF_METRICS_PORT)
+    chief.add_argument("--linger", action="store_true",
+                       help="keep serving status and metrics after the search is over (for Kubernetes)")
+    chief.set_defaults(func=cmd_chief)
+
+    worker = sub.add_parser("worker", help="run trials (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT)")
+    _search_flags(worker)
+    _auth_flags(worker)
+    worker.add_argument("--metrics-port", type=int, default=DEFAULT_WORKER_METRICS_PORT)
+    worker.add_argument("--grace-seconds", type=float, default=25.0,
+                        help="time allowed to hand the trial back on SIGTERM")
+    worker.set_defaults(func=cmd_worker)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="generate synthetic paper scans with pixel-exact masks")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--count", type=int, default=64)
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--classes", default="3", help="a count, or comma-separated class names")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+
+    status = sub.add_parser("status", help="progress of a running search")
+    status.add_argument("--chief", default=f"localhost:{DEFAULT_ORACLE_PORT}", help="HOST:PORT of the chief")
+    status.add_argument("--json", action="store_true")
+    _auth_flags(status)
+    status.set_defaults(func=cmd_status)
+
+    results = sub.add_parser("results", help="summary and export of a search's results")
+    results.add_argument("--results", required=True)
+    results.add_argument("--search-id", default=None)
+    results.add_argument("--format", choices=("summary", "csv", "json"), default="summary")
+    results.add_argument("--plot", help="write a PNG: objective per trial and learning curves")
+    results.set_defaults(func=cmd_results)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"ktc {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Render a chief's status (the `ktc.Coordinator/Status` reply) for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BAR_WIDTH = 30
+
+
+def bar(done: int, total: int) -> str:
+    filled = int(BAR_WIDTH * done / total) if total else 0
+    return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {done}/{total}"
+
+
+def render(status: dict[str, Any]) -> str:
+    ended = status["completed"] + status["failed"]
+    best = status["best"]
+    best_text = f"{status['objective']} {best['score']:.4f} (trial {best['trial_id']})" if best else "none yet"
+    lines = [
+        f"{bar(ended, status['max_trials'] or status['total'])} trials  "
+        f"completed {status['completed']}  running {len(status['running'])}  failed {status['failed']}  "
+        f"queued {status['queued']}  stopped early {status['stopped_early']}",
+        f"best: {best_text}",
+    ]
+    for running in status["running"]:
+        epoch = running["epoch"] + 1 if running["epoch"] >= 0 else "-"
+        lines.append(f"  {running['tuner_id']}: trial {running['trial_id']}, epochs done {epoch}")
+    if status["done"]:
+        lines.append("search failed: " + status["failure"] if status["failure"] else "search complete")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from worker.config import DataConfig, SearchConfig
+from worker.data.layout import DatasetError, list_examples
+from worker.data.pipeline import (DataError, bad_file_in, datasets, explain_data_errors, find_bad_file,
+                                  positive_fractions)
+from worker.data.synth import DEFAULT_CLASSES, generate
+
+CLASSES = DEFAULT_CLASSES[:3]
+SIZE = 32
+
+
+def _config(root: Path, **data) -> SearchConfig:
+    options = {"path": str(root), "image_size": SIZE, "classes": CLASSES, **data}
+    return SearchConfig(batch_size=4, seed=1, data=DataConfig(**options))
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    generate(tmp_path / "data", 14, 40, CLASSES, seed=0)  # 10 train, 4 val pages
+    return tmp_path / "data"
+
+
+def _first_val_image(root: Path) -> Path:
+    return sorted((root / "val/images").iterdir())[0]
+
+
+def _read_all(config: SearchConfig) -> None:
+    """Iterate one full epoch of both sets inside explain_data_errors."""
+    train, val, steps, _ = datasets(config)
+    with explain_data_errors(config):
+        list(train.take(steps))
+        list(val)
+
+
+def test_batches_have_the_documented_shapes_dtypes_and_values(root):
+    train, val, _, _ = datasets(_config(root))
+    for images, masks in [next(iter(train)), next(iter(val))]:
+        assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == tf.float32
+        assert masks.shape == (4, SIZE, SIZE, 3) and masks.dtype == tf.float32
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+        assert float(tf.reduce_max(images)) > 0.5  # scaled to [0, 1], not left in 0..255 or 0..1/255
+        assert set(np.unique(masks.numpy())) <= {0.0, 1.0}
+
+
+def test_grayscale_config_gives_one_image_channel(root):
+    images, _ = next(iter(datasets(_config(root, channels=1))[0]))
+    assert images.shape == (4, SIZE, SIZE, 1)
+
+
+def test_masks_follow_the_files_after_resizing(root):
+    config = _config(root, image_size=40)  # the native size: nearest resizing is the identity
+    _, val, _, _ = datasets(config)
+    _, masks = next(iter(val))
+    first = list_examples(root, "val", CLASSES)[0]
+    expected = np.stack([np.asarray(Image.open(m)) > 0 for m in first.masks], axis=-1)
+    assert np.array_equal(masks[0].numpy() > 0, expected)
+
+
+def test_steps_default_to_one_pass_and_val_repeats_the_same_batches(root):
+    train, val, steps, val_steps = datasets(_config(root))
+    assert (steps, val_steps) == (math.ceil(10 / 4), math.ceil(4 / 4))
+    assert len(list(train.take(steps * 3))) == steps * 3  # train repeats forever
+    first, second = [[m.numpy() for _, m in val] for _ in range(2)]
+    assert len(first) == val_steps
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_configured_steps_are_returned_and_val_yields_that_many_batches(root):
+    _, val, steps, val_steps = datasets(_config(root, steps_per_epoch=7, validation_steps=3))
+    assert (steps, val_steps) == (7, 3)
+    assert len(list(val)) == 3
+
+
+def test_train_order_is_seeded(root):
+    def first_masks(seed):
+        config = _config(root)
+        config.seed = seed
+        return [m.numpy() for _, m in datasets(config)[0].take(3)]
+
+    reference = first_masks(5)
+    assert all(np.array_equal(a, b) for a, b in zip(reference, first_masks(5)))
+    assert not all(np.array_equal(a, b) for a, b in zip(reference, first_masks(6)))
+
+
+def test_building_the_datasets_does_not_read_files(root):
+    bad = _first_val_image(root)
+    bad.write_bytes(b"garbage, not an image")
+    train, val, _, _ = datasets(_config(root))  # must not raise
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(val)
+
+
+def test_garbage_image_error_names_the_file(root):
+    bad = _first_val_image(root)
+    bad.write_bytes(b"\x00garbage bytes " * 20)
+    with pytest.raises(DataError, match=str(bad)):
+        _read_all(_config(root))
+
+
+def test_truncated_image_error_names_the_file(root):
+    bad = _first_val_image(root)
+    bad.write_bytes(bad.read_bytes()[:100])  # a valid PNG header, then nothing
+    with pytest.raises(DataError, match=str(bad)):
+        _read_all(_config(root))
+
+
+def test_mask_of_the_wrong_size_error_names_the_mask(root):
+    bad = root / "train/masks/stamp/page00003.png"
+    Image.new("L", (40, 36)).save(bad)
+    with pytest.raises(DataError, match=f"{bad}: mask is 40x36 pixels but its image .* is 40x40"):
+        _read_all(_config(root))
+
+
+def test_mask_with_three_channels_error_names_the_mask(root):
+    bad = root / "val/masks/signature/page00012.png"
+    Image.new("RGB", (40, 40)).save(bad)
+    with pytest.raises(DataError, match=f"{bad}: mask has 3 channels"):
+        _read_all(_config(root))
+
+
+@pytest.mark.parametrize("bad_file, content", [
+    ("val/images/page00011.png", "garbage"),
+    ("val/images/page00011.png", "wrong size"),  # reported as its masks not matching it
+    ("val/masks/stamp/page00011.png", "garbage"),
+    ("val/masks/stamp/page00011.png", "wrong size"),
+    ("val/masks/stamp/page00011.png", "three channels"),
+])
+def test_graph_checks_put_the_path_in_the_tf_error_itself(root, bad_file, content):
+    bad = root / bad_file
+    if content == "garbage":
+        bad.write_bytes(b"GIF89a, or anything else that is not PNG")
+    else:
+        Image.new("RGB" if content == "three channels" else "L", (40, 30)).save(bad)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        list(datasets(_config(root))[1])
+    assert str(bad) in bad_file_in(info.value.message)
+
+
+def test_find_bad_file_names_nothing_in_a_good_dataset(root):
+    assert find_bad_file(_config(root)) is None
+
+
+def test_errors_no_file_explains_pass_through_unchanged(root):
+    error = tf.errors.InvalidArgumentError(None, None, "shapes of logits and labels differ")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="logits"):
+        with explain_data_errors(_config(root)):
+            raise error
+
+
+def test_classes_differing_from_classes_txt_fail_before_reading(root):
+    with pytest.raises(DatasetError, match="classes.txt"):
+        datasets(_config(root, classes=["stamp", "table_number", "signature"]))
+
+
+def test_positive_fractions_are_the_mean_object_area_per_class(root):
+    config = _config(root, image_size=40)
+    fractions = positive_fractions(config)
+    masks = [[np.asarray(Image.open(m)) > 0 for m in e.masks] for e in list_examples(root, "train", CLASSES)]
+    expected = np.clip(np.mean(masks, axis=(0, 2, 3)), 1e-4, 1 - 1e-4)
+    assert np.allclose(fractions, expected)
+    assert all(0 < f < 0.5 for f in fractions)
+
+
+def test_positive_fractions_never_return_zero_for_an_absent_class(root):
+    for mask in (root / "train/masks/signature").iterdir():
+        Image.new("L", (40, 40)).save(mask)
+    assert positive_fractions(_config(root))[CLASSES.index("signature")] == pytest.approx(1e-4)
+
+
+def test_keras_fit_runs_many_epochs_without_running_out_of_data(root):
+    import keras
+
+    train, val, steps, val_steps = datasets(_config(root))
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(3, 1, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(train, validation_data=val, epochs=5, steps_per_epoch=steps,
+                            validation_steps=val_steps, verbose=0, shuffle=False)
+    assert len(history.history["val_loss"]) == 5
+    assert not [w for w in caught if "ran out of data" in str(w.message)]

@@ -1,0 +1,172 @@
+"""The default search space, its net_depth clamp, compiled models and `--hypermodel` loading."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from worker.config import ConfigError, SearchConfig
+from worker.hypermodel import HypermodelError, build_hypermodel, default_space_builder, load_hypermodel
+from worker.losses import WeightedBinaryCrossentropy
+
+MODULE = "ktc_tmp_hypermodel"
+
+
+def _config(image_size: int = 16, **space) -> SearchConfig:
+    config = SearchConfig()
+    config.data.image_size = image_size
+    for name, value in space.items():
+        setattr(config.space, name, value)
+    return config
+
+
+def _space(builder) -> dict[str, keras_tuner.engine.hyperparameters.HyperParameter]:
+    hp = keras_tuner.HyperParameters()
+    builder(hp)
+    return {p.name: p for p in hp.space}
+
+
+def test_default_space_has_exactly_the_articles_hyperparameters():
+    space = _space(default_space_builder(SearchConfig()))
+
+    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation"]
+    start, depth = space["start_neurons"], space["net_depth"]
+    assert isinstance(start, keras_tuner.engine.hyperparameters.Int)
+    assert (start.min_value, start.max_value, start.step) == (16, 128, 16)
+    assert isinstance(depth, keras_tuner.engine.hyperparameters.Int)
+    assert (depth.min_value, depth.max_value, depth.step) == (2, 6, 1)
+    for name in ("dropout", "bn_after_act"):
+        assert isinstance(space[name], keras_tuner.engine.hyperparameters.Boolean)
+        assert space[name].default is False
+    activation = space["activation"]
+    assert isinstance(activation, keras_tuner.engine.hyperparameters.Choice)
+    assert activation.values == ["mish", "elu", "lrelu"] and activation.ordered is False
+
+
+def test_net_depth_max_is_clamped_to_the_image_size_with_one_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="worker.hypermodel"):
+        builder = default_space_builder(_config(image_size=16))
+        hp = keras_tuner.HyperParameters()
+        builder(hp)
+        hp.values["net_depth"] = 5  # the deepest clamped value still builds
+        model = builder(hp)
+
+    assert _space(builder)["net_depth"].max_value == 5
+    assert len(_layers(model, keras.layers.MaxPooling2D)) == 4
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "net_depth" in warnings[0].getMessage()
+
+
+def test_net_depth_min_too_deep_for_the_image_is_a_config_error():
+    config = _config(image_size=12)  # 12 -> 6 -> 3: at most depth 3
+    config.space.net_depth.min, config.space.net_depth.max = 4, 5
+
+    with pytest.raises(ConfigError, match="space.net_depth.min.*maximum depth that fits is 3"):
+        default_space_builder(config)
+
+
+def test_disabled_booleans_are_fixed_false_and_not_searched():
+    builder = default_space_builder(_config(dropout=False, bn_after_act=False))
+    hp = keras_tuner.HyperParameters()
+    model = builder(hp)
+
+    assert "dropout" not in hp.values and "bn_after_act" not in hp.values
+    assert not _layers(model, keras.layers.Dropout)
+
+
+def test_built_model_matches_the_data_config():
+    config = _config(image_size=16)
+    config.data.channels, config.data.classes = 1, ["table_number", "stamp"]
+
+    model = default_space_builder(config)(keras_tuner.HyperParameters())
+
+    assert model.input_shape == (None, 16, 16, 1)
+    assert model.output_shape == (None, 16, 16, 2)
+    assert float(model.optimizer.learning_rate) == pytest.approx(config.learning_rate)
+
+
+def test_compiled_model_logs_f1_precision_recall_iou_for_validation():
+    model = default_space_builder(_config(image_size=16))(keras_tuner.HyperParameters())
+    model.run_eagerly = True  # one tiny step; graph mode is covered in test_unet
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 16, 16, 3), dtype=np.float32)
+    masks = (rng.random((2, 16, 16, 3)) > 0.8).astype("float32")
+
+    history = model.fit(images, masks, validation_data=(images, masks), batch_size=2, epochs=1, verbose=0)
+
+    assert {"val_f1", "val_precision", "val_recall", "val_iou"} <= set(history.history)
+
+
+@pytest.mark.parametrize("fractions,expected", [(None, [1.0, 1.0, 1.0]), ([0.5, 0.1, 0.0], [1.0, 9.0, 100.0])])
+def test_loss_pos_weights_come_from_class_fractions(fractions, expected):
+    model = default_space_builder(_config(), class_fractions=fractions)(keras_tuner.HyperParameters())
+
+    assert isinstance(model.loss, WeightedBinaryCrossentropy)
+    assert model.loss.pos_weights == pytest.approx(expected)
+
+
+def test_class_fractions_must_match_the_classes():
+    with pytest.raises(ValueError, match="class_fractions"):
+        default_space_builder(_config(), class_fractions=[0.1])
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A user's hypermodel module on sys.path, plus one whose own import fails."""
+    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent("""
+        NOT_CALLABLE = 3
+
+        def model_builder(hp):
+            return "built"
+    """))
+    (tmp_path / f"{MODULE}_broken.py").write_text("import ktc_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield MODULE
+    for name in (MODULE, f"{MODULE}_broken"):
+        sys.modules.pop(name, None)
+
+
+def test_load_hypermodel_returns_the_named_function(user_module):
+    builder = load_hypermodel(f"{user_module}:model_builder")
+
+    assert builder(keras_tuner.HyperParameters()) == "built"
+
+
+@pytest.mark.parametrize("spec,reason", [
+    ("no_colon", "must look like package.module:function"),
+    (":model_builder", "must look like package.module:function"),
+    ("ktc_no_such_module:model_builder", "module 'ktc_no_such_module' not found"),
+    (f"{MODULE}:missing", f"module '{MODULE}' has no attribute 'missing'"),
+    (f"{MODULE}:NOT_CALLABLE", "'NOT_CALLABLE' is not callable (got int)"),
+    (f"{MODULE}_broken:model_builder", "failed: No module named 'ktc_missing_dependency'"),
+])
+def test_load_hypermodel_errors_name_the_spec_and_the_reason(user_module, spec, reason):
+    with pytest.raises(HypermodelError) as error:
+        load_hypermodel(spec)
+
+    assert isinstance(error.value, ValueError)
+    assert str(error.value).startswith(f"hypermodel {spec!r}: ")
+    assert reason in str(error.value)
+
+
+def test_build_hypermodel_prefers_the_configured_function(user_module):
+    config = _config()
+    config.hypermodel = f"{user_module}:model_builder"
+
+    assert build_hypermodel(config)(keras_tuner.HyperParameters()) == "built"
+
+
+def test_build_hypermodel_defaults_to_the_unet_space():
+    model = build_hypermodel(_config())(keras_tuner.HyperParameters())
+
+    assert isinstance(model, keras.Model) and isinstance(model.loss, WeightedBinaryCrossentropy)
+
+
+def _layers(model: keras.Model, kind: type) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers if isinstance(layer, kind)]

@@ -1,0 +1,99 @@
+"""The model builder handed to keras-tuner: the article's U-Net space, or a user's `module:function`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable, Sequence
+
+import keras
+import keras_tuner
+
+from worker import unet as unet_lib
+from worker.config import ConfigError, SearchConfig
+from worker.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
+from worker.metrics import F1Score, IoU, Precision, Recall
+
+log = logging.getLogger(__name__)
+
+ModelBuilder = Callable[[keras_tuner.HyperParameters], keras.Model]
+
+
+class HypermodelError(ValueError):
+    """A `--hypermodel package.module:function` spec that cannot be used; the message names it."""
+
+
+def default_space_builder(config: SearchConfig,
+                          class_fractions: Sequence[float] | None = None) -> ModelBuilder:
+    """The article's `model_builder(hp)`, with net_depth clamped once to what the image size allows."""
+    space, data = config.space, config.data
+    depth_min, depth_max = _net_depth_range(config)
+    pos_weights = _pos_weights(class_fractions, len(data.classes))
+
+    def build(hp: keras_tuner.HyperParameters) -> keras.Model:
+        model = unet_lib.unet(
+            input_size=(data.image_size, data.image_size, data.channels),
+            start_neurons=hp.Int("start_neurons", space.start_neurons.min, space.start_neurons.max,
+                                 step=space.start_neurons.step),
+            net_depth=hp.Int("net_depth", depth_min, depth_max, step=space.net_depth.step),
+            output_classes=len(data.classes),
+            dropout=hp.Boolean("dropout", default=False) if space.dropout else False,
+            bn_after_act=hp.Boolean("bn_after_act", default=False) if space.bn_after_act else False,
+            activation=hp.Choice("activation", space.activation, ordered=False),
+        )
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss=WeightedBinaryCrossentropy(pos_weights),
+                      metrics=[F1Score(), Precision(), Recall(), IoU()])
+        return model
+
+    return build
+
+
+def _net_depth_range(config: SearchConfig) -> tuple[int, int]:
+    """Clamp the searched depth up front so no trial ever builds a net too deep for the images."""
+    size, depth = config.data.image_size, config.space.net_depth
+    fits = unet_lib.max_depth(size)
+    if depth.min > fits:
+        raise ConfigError(f"space.net_depth.min: {depth.min} is too deep for data.image_size {size}; "
+                          f"the maximum depth that fits is {fits}")
+    if depth.max > fits:
+        log.warning("space.net_depth.max %d is too deep for data.image_size %d; searching up to %d",
+                    depth.max, size, fits)
+    return depth.min, min(depth.max, fits)
+
+
+def _pos_weights(class_fractions: Sequence[float] | None, n_classes: int) -> list[float]:
+    if class_fractions is None:
+        return [1.0] * n_classes
+    if len(class_fractions) != n_classes:
+        raise ValueError(f"class_fractions: expected one per class ({n_classes}), got {len(class_fractions)}")
+    return pos_weights_from_fractions(class_fractions)
+
+
+def load_hypermodel(spec: str) -> ModelBuilder:
+    """Import `package.module:function`, a builder taking `hp` and returning a compiled model."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise HypermodelError(f"hypermodel {spec!r}: must look like package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise HypermodelError(f"hypermodel {spec!r}: module {module_name!r} not found") from exc
+        raise HypermodelError(f"hypermodel {spec!r}: importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:  # the user's module raised while importing; keep the spec in the message
+        raise HypermodelError(f"hypermodel {spec!r}: importing {module_name!r} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    builder = getattr(module, attr, None)
+    if builder is None:
+        raise HypermodelError(f"hypermodel {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(builder):
+        raise HypermodelError(f"hypermodel {spec!r}: {attr!r} is not callable (got {type(builder).__name__})")
+    return builder
+
+
+def build_hypermodel(config: SearchConfig, class_fractions: Sequence[float] | None = None) -> ModelBuilder:
+    """The user's `config.hypermodel` when set (it compiles its own loss), else the default space."""
+    if config.hypermodel:
+        return load_hypermodel(config.hypermodel)
+    return default_space_builder(config, class_fractions)

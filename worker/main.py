@@ -1,0 +1,53 @@
+"""`ktc worker`: train trials for the chief until it says the search is over."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import start_http_server
+
+from worker.client import ChiefClient
+from worker.config import ConfigError, SearchConfig
+from worker.data import layout, pipeline
+from worker.runner import Worker
+from worker.telemetry import WorkerMetrics
+from worker.tuner import build_tuner, configure_devices
+
+log = logging.getLogger("ktc.worker")
+
+
+def check_tuner_id(tuner_id: str | None) -> str:
+    if not tuner_id:
+        raise ConfigError("KERASTUNER_TUNER_ID: must be set to this worker's id, such as worker-0")
+    if "chief" in tuner_id:
+        # keras-tuner turns any process whose id contains "chief" into a second chief.
+        raise ConfigError(f"KERASTUNER_TUNER_ID: {tuner_id!r} contains 'chief', which keras-tuner reserves "
+                          "for the chief; use an id such as worker-0")
+    return tuner_id
+
+
+def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | None, metrics_port: int,
+               grace_seconds: float) -> int:
+    tuner_id = check_tuner_id(tuner_id)
+    gpus = configure_devices()
+    log.info("worker %s: GPUs %s", tuner_id, gpus or "none")
+    metrics = WorkerMetrics(tuner_id)
+    http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
+    try:
+        tuner = build_tuner(config, class_fractions=_class_fractions(config))
+        client = ChiefClient(tuner.oracle, address, tuner_id, token)
+        tuner.oracle = client
+        worker = Worker(config, tuner, client, metrics, grace_seconds=grace_seconds)
+        worker.install_signal_handlers()
+        return worker.run()
+    finally:
+        http_server.shutdown()
+
+
+def _class_fractions(config: SearchConfig) -> list[float] | None:
+    """Class balance for the loss; with unreadable data the trials fail and say why."""
+    try:
+        return pipeline.positive_fractions(config)
+    except (pipeline.DataError, layout.DatasetError) as exc:
+        log.warning("cannot weight classes: %s", exc)
+        return None
