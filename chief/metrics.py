@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -25,6 +25,7 @@ class ChiefMetrics(Events):
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds and friends: restarts, memory
         self.rpc_requests = Counter("ktc_chief_rpc_requests", "gRPC calls served, by method and status code.",
                                     ["method", "code"], registry=r)
         self.rpc_duration = Histogram("ktc_chief_rpc_duration_seconds", "Time to serve a gRPC call, by method.",

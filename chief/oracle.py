@@ -18,6 +18,7 @@ import functools
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,8 +139,12 @@ class ClusterOracle:
         state = dict(r.oracle, start_order=list(r.trials), end_order=r.end_order, run_times=r.run_times,
                      tried_so_far=[], id_to_hash={}, display=self._display.get_state())
         self.set_state(state)
-        for trial in self.trials.values():
+        self._display.search_start = datetime.now()
+        for number, trial in enumerate(self.trials.values(), start=1):
             self._record_values(trial)
+            # keras-tuner's display looks these up when a trial ends.
+            self._display.trial_number[trial.trial_id] = number
+            self._display.trial_start[trial.trial_id] = datetime.now()
         self.stopped_early = set(r.stopped_early)
         self.done = r.cluster.get("done", False)
         self.failure = r.cluster.get("failure")
@@ -235,7 +240,7 @@ class ClusterOracle:
             raise UnknownTrial(trial_id)
         current = self.trials[trial_id]
         ongoing = any(t.trial_id == trial_id for t in self.ongoing_trials.values())
-        if not ongoing and trial_id not in self._retry_queue:
+        if trial_id in self.end_order or not ongoing and trial_id not in self._retry_queue:
             return False  # already ended: a retried call or a late twin
         if ongoing and tuner_id is not None and not self.leases.holds(trial_id, tuner_id, session):
             raise NotHolder(f"trial {trial_id} is not held by {tuner_id}")

@@ -93,7 +93,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         raise ConfigError("KERASTUNER_ORACLE_IP: must be set to the chief's address")
     ip, port = oracle_address("")
-    return run_worker(config, f"{ip}:{port}", tuner_id, token, args.metrics_port, args.grace_seconds)
+    return run_worker(config, f"{ip}:{port}", tuner_id, token, args.metrics_port, args.grace_seconds,
+                      threads=args.threads)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -149,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=DEFAULT_WORKER_METRICS_PORT)
     worker.add_argument("--grace-seconds", type=float, default=25.0,
                         help="time allowed to hand the trial back on SIGTERM")
+    worker.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow CPU threads (default: TensorFlow's choice, one per core)")
     worker.set_defaults(func=cmd_worker)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -84,8 +84,9 @@ def start(config: SearchConfig, config_path: Path, token_path: Path, workers: in
                PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     children = [spawn("chief", ["chief", *common, "--metrics-port", str(chief_metrics)],
                       dict(env, KERASTUNER_TUNER_ID="chief"), run_dir)]
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
     for i, port in enumerate(worker_metrics):
-        children.append(spawn(f"worker-{i}", ["worker", *common, "--metrics-port", str(port)],
+        children.append(spawn(f"worker-{i}", ["worker", *common, "--metrics-port", str(port), "--threads", threads],
                               dict(env, KERASTUNER_TUNER_ID=f"worker-{i}"), run_dir))
     print(f"ktc local: chief on 127.0.0.1:{oracle_port} (metrics :{chief_metrics}), {workers} workers "
           f"(metrics :{','.join(map(str, worker_metrics))}); logs in {run_dir}", flush=True)

@@ -40,6 +40,9 @@ class ChiefClient:
             ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 60_000),
+            # Reconnect quickly after a chief restart (gRPC's default back-off grows to 2 minutes).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
         ])
         self.stub = protocol.oracle_stub_class()(self.channel)
         self.messages = protocol.oracle_messages()

@@ -27,9 +27,9 @@ def check_tuner_id(tuner_id: str | None) -> str:
 
 
 def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | None, metrics_port: int,
-               grace_seconds: float) -> int:
+               grace_seconds: float, threads: int | None = None) -> int:
     tuner_id = check_tuner_id(tuner_id)
-    gpus = configure_devices()
+    gpus = configure_devices(threads)
     log.info("worker %s: GPUs %s", tuner_id, gpus or "none")
     metrics = WorkerMetrics(tuner_id)
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)

@@ -18,6 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import grpc
 import keras
 from keras_tuner import errors as kt_errors
 from keras_tuner.src.engine import trial as trial_module
@@ -30,7 +31,8 @@ from worker.tuner import ClusterTuner
 
 log = logging.getLogger("ktc.worker")
 TrialStatus = trial_module.TrialStatus
-IDLE_BACKOFF = (0.1, 1.0)  # first and longest pause between CreateTrial calls while the chief is IDLE
+IDLE_BACKOFF = (0.1, 1.0)
+MAX_CHIEF_ERRORS = 10  # consecutive failed CreateTrial calls (other than "unavailable") before giving up  # first and longest pause between CreateTrial calls while the chief is IDLE
 
 
 class NonFiniteLoss(RuntimeError):
@@ -109,9 +111,19 @@ class Worker:
     def run(self) -> int:
         """Run trials until the chief says the search is over (0) or SIGTERM (0)."""
         pause = IDLE_BACKOFF[0]
+        errors = 0
         while not self.stopping.is_set():
             waited = time.perf_counter()
-            trial = self.client.create_trial(self.client.tuner_id)
+            try:
+                trial = self.client.create_trial(self.client.tuner_id)
+                errors = 0
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED or errors >= MAX_CHIEF_ERRORS:
+                    raise
+                errors += 1
+                log.warning("CreateTrial failed (%s: %s); retrying", exc.code().name, exc.details())
+                self.stopping.wait(min(errors, 5))
+                continue
             if trial.status == TrialStatus.STOPPED:
                 log.info("the chief says the search is over")
                 return 0
@@ -171,6 +183,10 @@ class Worker:
         try:
             self.client.end_trial(trial, stopped_early=run.stop_early)
         except LeaseLost:
+            return "lease_lost"
+        except grpc.RpcError as exc:
+            # The chief refused the result; its lease will lapse and the trial will run again.
+            log.error("EndTrial for trial %s failed: %s: %s", trial.trial_id, exc.code().name, exc.details())
             return "lease_lost"
         if trial.status == TrialStatus.COMPLETED:
             return "stopped_early" if run.stop_early else "completed"

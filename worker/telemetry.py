@@ -6,7 +6,7 @@ Labels stay bounded: `metric` takes the model's metric names, `outcome` a fixed 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 OUTCOMES = ("completed", "stopped_early", "failed", "invalid", "handed_back", "lease_lost")
 EPOCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -17,6 +17,7 @@ class WorkerMetrics:
     def __init__(self, tuner_id: str, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds and friends: restarts, memory
         self.info = Info("ktc_worker", "This worker's identity.", registry=r)
         self.info.info({"tuner_id": tuner_id})
         self.trial = Gauge("ktc_worker_trial", "1 for the trial this worker is running now.",

@@ -8,6 +8,7 @@ the parent trial's checkpoint) applies whenever a trial carries those hyperparam
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ from keras_tuner.src.engine import tuner_utils
 from worker import checkpoints
 from worker.config import SearchConfig
 from worker.hypermodel import build_hypermodel
+
+log = logging.getLogger("ktc.worker")
 
 ORACLES: dict[str, type] = {
     "hyperband": keras_tuner.oracles.HyperbandOracle,
@@ -76,6 +79,7 @@ class ClusterTuner(keras_tuner.Tuner):
         model = self._try_build(hp)
         if resumed is not None:
             checkpoints.restore(model, trial_dir)
+            log.info("trial %s: resuming after epoch %d from its checkpoint", trial.trial_id, resumed.epoch)
             fit_kwargs["initial_epoch"] = max(fit_kwargs.get("initial_epoch", 0), resumed.epoch + 1)
         best = tuner_utils.SaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial.trial_id))
         if resumed is not None and resumed.best_value is not None:
@@ -100,10 +104,17 @@ def build_tuner(config: SearchConfig, wrap_oracle: Callable[[type], type] | None
     )
 
 
-def configure_devices() -> list[str]:
-    """Use the pod's GPUs with memory growth, so TensorFlow does not grab all memory up front."""
+def configure_devices(threads: int | None = None) -> list[str]:
+    """Use the pod's GPUs with memory growth, so TensorFlow does not grab all memory up front.
+
+    `threads` caps TensorFlow's CPU thread pools: processes sharing a machine (`ktc local`)
+    would otherwise each start one thread per core and spend their time switching.
+    """
     import tensorflow as tf
 
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)

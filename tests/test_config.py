@@ -1,0 +1,69 @@
+"""The search config: bad input fails before training, naming the field; overrides stack."""
+
+import pytest
+
+from worker.config import ConfigError, load
+
+
+def write(tmp_path, text):
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, field", [
+    ("tuner: grid\n", "tuner"),
+    ("max_trials: 0\n", "max_trials"),
+    ("max_trials: three\n", "max_trials"),
+    ("direction: up\n", "direction"),
+    ("batch_size: true\n", "batch_size"),
+    ("data: {image_size: 4}\n", "data.image_size"),
+    ("data: {channels: 2}\n", "data.channels"),
+    ("data: {classes: [a, a]}\n", "data.classes"),
+    ("space: {net_depth: {min: 4, max: 2}}\n", "space.net_depth.max"),
+    ("space: {activation: [swish]}\n", "space.activation"),
+    ("space: {start_neurons: {min: 16, max: 32, step: 0}}\n", "space.start_neurons.step"),
+    ("hypermodel: nocolon\n", "hypermodel"),
+    ("lease_seconds: -1\n", "lease_seconds"),
+    ("epochz: 3\n", "epochz"),
+    ("data: {pathh: /x}\n", "data.pathh"),
+])
+def test_invalid_config_names_the_field(tmp_path, text, field):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text), env={})
+    assert str(err.value).startswith(field + ":")
+
+
+def test_missing_config_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load(tmp_path / "nope.yaml", env={})
+
+
+def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load(write(tmp_path, "- a\n- b\n"), env={})
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path):
+    path = write(tmp_path, "max_trials: 5\nepochs: 3\ndata: {image_size: 64}\n")
+    config = load(path, env={"KTC_MAX_TRIALS": "7", "KTC_IMAGE_SIZE": "48"}, overrides={"max_trials": 9})
+    assert (config.max_trials, config.epochs, config.data.image_size) == (9, 3, 48)
+
+
+def test_bad_environment_value_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="^max_trials:"):
+        load(None, env={"KTC_MAX_TRIALS": "many"})
+
+
+def test_defaults_follow_the_reference_article():
+    config = load(None, env={})
+    assert (config.tuner, config.objective, config.direction) == ("hyperband", "val_f1", "max")
+    assert (config.space.start_neurons.min, config.space.start_neurons.max, config.space.start_neurons.step) == (16, 128, 16)
+    assert (config.space.net_depth.min, config.space.net_depth.max) == (2, 6)
+    assert config.space.activation == ["mish", "elu", "lrelu"]
+    assert config.learning_rate == 1e-3
+
+
+def test_early_stopping_defaults_off_under_hyperband_only():
+    assert not load(None, env={}).early_stopping_on
+    assert load(None, env={}, overrides={"tuner": "random"}).early_stopping_on

@@ -1,0 +1,102 @@
+"""What a cluster does to a search, with real processes: kills, restarts, scale-down.
+
+Leases are shortened so that the tests run in seconds; trials are long enough (several epochs)
+to be caught mid-way.
+"""
+
+import signal
+import time
+
+from chief.state import Journal
+
+
+def running_on(status, tuner_id, min_epoch=0):
+    return [r for r in status["running"] if r["tuner_id"] == tuner_id and r["epoch"] >= min_epoch]
+
+
+def val_f1_steps(trial):
+    return sorted(o["step"] for o in trial["metrics"]["metrics"]["val_f1"]["observations"])
+
+
+def end_order(cluster):
+    state = Journal(cluster.results / "ktc-search" / "ktc-state").load()
+    return state.end_order
+
+
+def test_killed_worker_trial_resumes_elsewhere_from_its_checkpoint(cluster):
+    c = cluster(config={"max_trials": 2, "epochs": 5, "lease_seconds": 3})
+    c.start_chief("--linger")
+    c.start_worker(0)
+    status = c.wait_for(lambda s: running_on(s, "worker-0", min_epoch=1), what="worker-0 past epoch 1")
+    victim = running_on(status, "worker-0")[0]["trial_id"]
+    c.kill("worker-0")
+    c.start_worker(1)
+    c.wait_for(lambda s: s["done"], what="search done")
+    trials = {t["trial_id"]: t for t in c.trial_files()}
+    assert sorted(trials) == sorted(end_order(c)), "a trial ended twice or not at all"
+    assert {t["status"] for t in trials.values()} == {"COMPLETED"} and len(trials) == 2
+    assert val_f1_steps(trials[victim]) == [0, 1, 2, 3, 4], "history is not continuous"
+    assert f"trial {victim}: resuming after epoch" in c.tail("worker-1", 400)
+    metrics = c.scrape(c.chief_metrics_port)
+    assert "ktc_chief_leases_expired_total 1.0" in metrics
+    assert 'ktc_chief_trials_requeued_total{reason="lease_expired"} 1.0' in metrics
+
+
+def test_killed_and_restarted_chief_resumes_without_losing_or_repeating_trials(cluster):
+    c = cluster(config={"max_trials": 4, "epochs": 4, "lease_seconds": 20})
+    c.start_chief()
+    c.start_worker(0)
+    c.start_worker(1)
+    c.wait_for(lambda s: s["completed"] >= 1 and any(r["epoch"] >= 0 for r in s["running"]),
+               what="one trial done and one running")
+    c.kill("chief")
+    time.sleep(2)  # workers keep training and wait for the chief
+    c.start_chief()
+    assert c.wait_exit("chief", timeout=300) == 0, c.tail("chief")
+    for name in ("worker-0", "worker-1"):
+        assert c.wait_exit(name, timeout=60) == 0, c.tail(name)
+    trials = c.trial_files()
+    order = end_order(c)
+    assert len(order) == len(set(order)) == 4, f"end order {order}"
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"COMPLETED"}
+    assert "resumed the search" in c.tail("chief", 400)
+
+
+def test_sigterm_hands_the_trial_back_for_another_worker_to_resume(cluster):
+    c = cluster(config={"max_trials": 1, "epochs": 40, "lease_seconds": 60})
+    c.start_chief("--linger")
+    c.start_worker(0)
+    status = c.wait_for(lambda s: running_on(s, "worker-0"), what="worker-0 running")
+    trial_id = running_on(status, "worker-0")[0]["trial_id"]
+    c.start_worker(1)
+    c.wait_for(lambda s: "worker-1" in s["workers"], what="worker-1 polling")
+    assert running_on(c.status(), "worker-0", min_epoch=1), "the trial must still be mid-way"
+    c.kill("worker-0", signal.SIGTERM)
+    assert c.wait_exit("worker-0", timeout=30) == 0
+    # Taken over long before the 60 s lease could lapse: through the hand-back.
+    c.wait_for(lambda s: running_on(s, "worker-1"), timeout=15, what="worker-1 taking the trial")
+    c.wait_for(lambda s: s["done"], what="search done")
+    trial = c.trial_files()[0]
+    assert trial["trial_id"] == trial_id and trial["status"] == "COMPLETED"
+    assert val_f1_steps(trial) == list(range(40))
+    metrics = c.scrape(c.chief_metrics_port)
+    assert 'ktc_chief_trials_requeued_total{reason="handback"} 1.0' in metrics
+    assert "ktc_chief_leases_expired_total 0.0" in metrics
+
+
+def test_a_trial_that_raises_fails_with_its_message_and_the_search_ends_clearly(cluster, tmp_path):
+    from harness import make_dataset
+
+    data = make_dataset(tmp_path / "bad-data")
+    corrupt = sorted((data / "train" / "images").iterdir())[0]
+    corrupt.write_bytes(b"this is not a png")
+    c = cluster(data=data, config={"max_trials": 3, "max_retries_per_trial": 0,
+                                   "max_consecutive_failed_trials": 2})
+    c.start_chief()
+    c.start_worker(0)
+    assert c.wait_exit("chief", timeout=300) == 1
+    assert "consecutive failures" in c.tail("chief", 200)
+    assert c.wait_exit("worker-0", timeout=60) == 0, "the worker must survive failing trials"
+    trials = c.trial_files()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"FAILED"}
+    assert all(str(corrupt) in t["message"] for t in trials)

@@ -1,0 +1,324 @@
+"""Every dashboard query and every alert against a real Prometheus scraping a real `ktc local` search.
+
+One search runs for the whole module (`live`): `ktc local --workers 2` on a tiny config, with a
+Prometheus scraping the chief (job `ktc-chief`) and both workers (job `ktc-worker`) every second
+and loading the alert rules. While it runs, the chief's and a training worker's /metrics are kept
+for `promtool check metrics`, and that worker is frozen (SIGSTOP) until its trial lease expires,
+then thawed (SIGCONT): a healthy search never requeues a trial, and without one the requeue
+panels would have nothing to show. The search then finishes normally.
+
+Afterwards each query is evaluated with `query_range` over the search's window (worker series end
+when the workers exit, so an instant query after the search would miss them):
+- every PromQL target of every dashboard panel, Grafana variables replaced ($__rate_interval by
+  15s; $job and $instance by their "All" value `.+`; $objective by the value its own
+  label_values() query finds), must parse and return data; only the queries listed in
+  `prometheus_support.MAY_BE_EMPTY` may be empty, and they are then skipped with the reason;
+- every variable query of every dashboard must find values;
+- every alert expression must parse; since a healthy search fires none, each alert is also cut
+  into the series it compares (`prometheus_support.probes`: thresholds, `absent()` and
+  `and`/`or`/`unless` removed) and every part must return data;
+- all rules load healthy, and no alert fires during the search.
+
+Needs Debian's `prometheus` package (see prometheus_support.INSTALL_HINT). Takes 1-2 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prometheus_support as ps  # noqa: E402
+
+pytestmark = pytest.mark.timeout(420)
+
+LINE = re.compile(r"ktc local: chief on 127\.0\.0\.1:(\d+) \(metrics :(\d+)\), (\d+) workers "
+                  r"\(metrics :([\d,]+)\); logs in (.+)$")
+# TensorFlow's start-up chatter, left out of the logs shown on failure.
+NOISE = re.compile(r"^[IW]0000 |cuInit|cuda_|oneDNN|AVX|WARNING: All log messages|UserWarning|data_adapter")
+LEASE_SECONDS = 5.0
+RATE_INTERVAL = "15s"
+
+# The brief's tiny search, with three activations so that max_trials (3) trials run (one value
+# each would leave a single point in the space), and a short lease so that a frozen worker loses
+# its trial within seconds.
+CONFIG = {
+    "tuner": "random", "max_trials": 3, "epochs": 3, "batch_size": 4, "early_stopping": False,
+    "lease_seconds": LEASE_SECONDS,
+    "data": {"image_size": 32},
+    "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
+              "activation": ["relu", "elu", "lrelu"], "dropout": False, "bn_after_act": False},
+}
+
+
+@dataclass
+class Live:
+    prometheus: ps.Prometheus
+    start: float
+    end: float
+    scrapes: dict[str, str]
+    output: list[str]
+    run_dir: Path
+    requeued: bool
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def query_range(self, expr: str) -> dict:
+        return self.prometheus.query_range(expr, self.start, self.end, step=1.0)
+
+    def logs(self) -> str:
+        parts = ["".join(self.output[-40:])]
+        for log in sorted(self.run_dir.glob("*.log")):
+            lines = [line for line in log.read_text(errors="replace").splitlines() if not NOISE.search(line)]
+            parts.append(f"--- {log.name} ---\n" + "\n".join(lines[-25:]))
+        return "\n".join(parts) + "\n" + self.prometheus.tail()
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (the chief and workers `ktc local` started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _metric(text: str, name: str) -> float | None:
+    match = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def _try_scrape(port: int, timeout: float = 2.0) -> str | None:
+    try:
+        return ps.scrape(port, timeout=timeout)
+    except OSError:
+        return None
+
+
+def _freeze_until_lease_expires(worker_pid: int, chief_port: int) -> bool:
+    """SIGSTOP the worker until the chief expires its lease (or a timeout); always SIGCONT."""
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + LEASE_SECONDS + 15
+        while time.monotonic() < deadline:
+            text = _try_scrape(chief_port)
+            if text and (_metric(text, "ktc_chief_leases_expired_total") or 0) >= 1:
+                return True
+            time.sleep(0.25)
+        return False
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+
+
+def _drive(proc: subprocess.Popen, chief_port: int, worker_ports: list[int], scrapes: dict[str, str]) -> bool:
+    """While the search runs: keep scrapes for promtool, then freeze a training worker once."""
+    pids = {}
+    for child in _children(proc.pid):
+        args = _cmdline(child)
+        if "worker" in args and "--metrics-port" in args:
+            pids[int(args[args.index("--metrics-port") + 1])] = child
+    while proc.poll() is None:
+        for port in worker_ports:
+            text = _try_scrape(port)
+            # Epoch metrics are there from the end of a trial's first epoch to the end of the trial.
+            if text is None or "ktc_worker_epoch_metric{" not in text:
+                continue
+            chief = _try_scrape(chief_port)
+            if chief is None:
+                continue
+            scrapes.setdefault("worker", text)
+            scrapes.setdefault("chief", chief)
+            if port in pids and _freeze_until_lease_expires(pids[port], chief_port):
+                return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Live:
+    ps.binary("prometheus")
+    ps.binary("promtool")
+    tmp = tmp_path_factory.mktemp("monitoring")
+    config = dict(CONFIG, data=dict(CONFIG["data"], path=str(tmp / "data")), results=str(tmp / "results"))
+    (tmp / "search.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", "2", "--quiet",
+                             "--config", str(tmp / "search.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    output: list[str] = []
+    started = threading.Event()
+    reader = threading.Thread(target=_read, args=(proc, output, started), daemon=True)
+    reader.start()
+    children: list[int] = []
+    try:
+        assert started.wait(120), "ktc local printed no ports:\n" + "".join(output)
+        match = next(LINE.search(line) for line in output if LINE.search(line))
+        chief_port = int(match.group(2))
+        worker_ports = [int(p) for p in match.group(4).split(",")]
+        run_dir = Path(match.group(5).strip())
+        children = _children(proc.pid)
+        targets = {"ktc-chief": [f"127.0.0.1:{chief_port}"],
+                   "ktc-worker": [f"127.0.0.1:{p}" for p in worker_ports]}
+        with ps.running_prometheus(targets, [ps.RULES], scrape_interval="1s", workdir=tmp / "prometheus") as prom:
+            start = time.time()
+            scrapes: dict[str, str] = {}
+            requeued = _drive(proc, chief_port, worker_ports, scrapes)
+            try:
+                proc.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the search did not finish in 240 s:\n" + "".join(output[-40:]))
+            time.sleep(2.5)  # the last scrapes, then staleness markers
+            result = Live(prom, start - 1, time.time(), scrapes, output, run_dir, requeued)
+            assert proc.returncode == 0, f"ktc local exited with {proc.returncode}\n{result.logs()}"
+            yield result
+    finally:
+        _stop(proc, children)
+
+
+def _read(proc: subprocess.Popen, output: list[str], started: threading.Event) -> None:
+    for line in proc.stdout:
+        output.append(line)
+        if LINE.search(line):
+            started.set()
+
+
+def _stop(proc: subprocess.Popen, children: list[int]) -> None:
+    """SIGINT to `ktc local` (it stops its children in order); then SIGKILL whatever is left."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in children:  # each child leads its own session: its group is its pid
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# --- what the search produced -------------------------------------------------------------------
+
+def test_a_worker_lost_its_lease_and_the_search_still_finished(live):
+    assert live.requeued, "no worker could be frozen mid-trial until its lease expired\n" + live.logs()
+
+
+@pytest.mark.parametrize("role", ["chief", "worker"])
+def test_promtool_check_metrics_finds_nothing(live, role):
+    text = live.scrapes.get(role)
+    assert text, f"no {role} scrape was taken during the search\n{live.logs()}"
+    if role == "worker":
+        assert "ktc_worker_epoch_metric{" in text and "ktc_worker_trial{" in text
+    result = ps.promtool("check", "metrics", stdin=text)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+# --- dashboards ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def variable_values(live) -> dict[str, dict[str, str]]:
+    """{dashboard uid: {variable: value}} as Grafana would substitute them, resolved in order."""
+    resolved: dict[str, dict[str, str]] = {}
+    for dashboard in ps.load_dashboards().values():
+        values: dict[str, str] = {}
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "datasource":
+                continue
+            if var["type"] in ("textbox", "constant", "custom"):
+                values[var["name"]] = str(var["query"]).split(",")[0]
+                continue
+            found = _label_values(live, ps.grafana_expand(ps.variable_query(var), values))
+            if var.get("includeAll"):
+                values[var["name"]] = var.get("allValue") or "|".join(found)
+            else:
+                values[var["name"]] = found[0] if found else ""
+        resolved[dashboard["uid"]] = values
+    return resolved
+
+
+def _label_values(live: Live, query: str) -> list[str]:
+    match = ps.LABEL_VALUES.match(query)
+    assert match, f"{query!r}: only label_values(selector, label) variable queries are supported here"
+    selector, label = match.group(1) or "{__name__=~\".+\"}", match.group(2)
+    series = live.prometheus.series(selector, live.start, live.end)
+    return sorted({s[label] for s in series if label in s})
+
+
+VARIABLES = [(d["uid"], v) for d in ps.load_dashboards().values() for v in d["templating"]["list"]
+             if v["type"] == "query"]
+
+
+@pytest.mark.parametrize("uid,variable", VARIABLES, ids=[f"{u}:{v['name']}" for u, v in VARIABLES])
+def test_dashboard_variable_finds_values(live, variable_values, uid, variable):
+    values = {k: v for k, v in variable_values[uid].items() if k != variable["name"]}
+    query = ps.grafana_expand(ps.variable_query(variable), values)
+    assert _label_values(live, query), f"{query} found no values\n{live.logs()}"
+
+
+TARGETS = ps.dashboard_targets()
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.id for t in TARGETS])
+def test_dashboard_query_returns_data(live, variable_values, target):
+    expr = ps.grafana_expand(target.expr, variable_values[target.dashboard], RATE_INTERVAL)
+    body = live.query_range(expr)
+    assert body.get("status") == "success", f"{expr}\n-> HTTP {body.get('http_status')}: {body.get('error')}"
+    if not body["data"]["result"]:
+        reason = ps.MAY_BE_EMPTY.get((target.dashboard, target.panel, target.ref_id))
+        if reason:
+            pytest.skip(f"no data, as expected here: {reason}")
+        pytest.fail(f"no data for {target.id}:\n{expr}\n{live.logs()}")
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+RULES = ps.rule_expressions()
+PROBES = [(rule, probe) for rule in RULES for probe in ps.probes(rule.expr)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.name for r in RULES])
+def test_rule_expression_parses(live, rule):
+    body = live.query_range(rule.expr)
+    assert body.get("status") == "success", f"{rule.expr}\n-> {body.get('error')}"
+
+
+@pytest.mark.parametrize("rule,probe", PROBES, ids=[f"{r.name}:{' '.join(p.split())[:90]}" for r, p in PROBES])
+def test_each_part_of_each_rule_returns_data(live, rule, probe):
+    body = live.query_range(probe)
+    assert body.get("status") == "success", f"{probe}\n-> {body.get('error')}"
+    assert body["data"]["result"], f"{rule.name}: no data for {probe}\n{live.logs()}"
+
+
+def test_rules_are_loaded_and_healthy(live):
+    loaded = {rule["name"]: rule for rule in live.prometheus.rules()}
+    assert sorted(loaded) == sorted(r.name for r in RULES)
+    unhealthy = {name: rule.get("lastError") for name, rule in loaded.items() if rule.get("health") != "ok"}
+    assert not unhealthy, unhealthy
+
+
+def test_a_healthy_search_fires_no_alert(live):
+    body = live.query_range('ALERTS{alertstate="firing"}')
+    assert body["status"] == "success"
+    assert not body["data"]["result"], [s["metric"] for s in body["data"]["result"]]

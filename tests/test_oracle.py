@@ -1,0 +1,177 @@
+"""The chief's oracle in-process: leases, idempotence, lock safety, early stopping, journal."""
+
+import json
+
+import keras_tuner
+import pytest
+from keras_tuner.src.engine import oracle as kt_oracle
+from keras_tuner.src.engine import trial as trial_module
+
+from chief.oracle import NotHolder, UnknownTrial, cluster_oracle_class
+
+Status = trial_module.TrialStatus
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def make_oracle(tmp_path, max_trials=4, early_stopping=False, lease=10.0, restore=False):
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 1, 1000)
+    oracle = cluster_oracle_class(keras_tuner.oracles.RandomSearchOracle)(
+        objective=keras_tuner.Objective("val_f1", "max"), max_trials=max_trials, hyperparameters=hp, seed=1,
+        max_consecutive_failed_trials=2)
+    oracle._set_project_dir(str(tmp_path), "search")
+    oracle.setup_cluster(tmp_path / "state", lease, 100.0, early_stopping)
+    oracle.leases.clock = FakeClock()
+    if restore:
+        assert oracle.restore()
+    else:
+        oracle.save()  # as `ktc chief` does for a new search
+    return oracle
+
+
+def finish(oracle, trial, value, tuner_id="w0", session="s0"):
+    oracle.update_trial(trial.trial_id, {"val_f1": value}, step=0, tuner_id=tuner_id, session=session)
+    trial.status = Status.COMPLETED
+    return oracle.end_trial(trial, tuner_id=tuner_id, session=session)
+
+
+def test_silent_worker_loses_its_trial_to_the_next_worker(tmp_path):
+    oracle = make_oracle(tmp_path)
+    trial = oracle.create_trial("w0", session="s0")
+    oracle.leases.clock.now += 11
+    assert oracle.expire_leases() == [trial.trial_id]
+    assert "w0" not in oracle.tuner_ids
+    again = oracle.create_trial("w1", session="s1")
+    assert again.trial_id == trial.trial_id and again.hyperparameters.values == trial.hyperparameters.values
+    with pytest.raises(NotHolder):
+        oracle.update_trial(trial.trial_id, {"val_f1": 0.5}, tuner_id="w0", session="s0")
+    assert oracle.heartbeat("w0", "s0", trial.trial_id, 1)["held"] is False
+
+
+def test_heartbeat_keeps_the_lease(tmp_path):
+    oracle = make_oracle(tmp_path)
+    trial = oracle.create_trial("w0", session="s0")
+    for _ in range(5):
+        oracle.leases.clock.now += 6
+        assert oracle.heartbeat("w0", "s0", trial.trial_id, 0)["held"]
+        assert oracle.expire_leases() == []
+
+
+def test_a_repeated_end_trial_completes_a_trial_once(tmp_path):
+    oracle = make_oracle(tmp_path)
+    trial = oracle.create_trial("w0", session="s0")
+    assert finish(oracle, trial, 0.5) is True
+    assert oracle.end_trial(trial, tuner_id="w0", session="s0") is False
+    assert oracle.end_order.count(trial.trial_id) == 1
+
+
+def test_a_requeued_trial_finished_by_its_old_holder_is_kept(tmp_path):
+    oracle = make_oracle(tmp_path)
+    trial = oracle.create_trial("w0", session="s0")
+    oracle.leases.clock.now += 11
+    oracle.expire_leases()
+    trial.status = Status.COMPLETED
+    oracle.trials[trial.trial_id].metrics.update("val_f1", 0.7, step=0)
+    assert oracle.end_trial(trial, tuner_id="w0", session="s0") is True
+    assert oracle.trials[trial.trial_id].status == Status.COMPLETED
+    assert trial.trial_id not in oracle._retry_queue
+
+
+def test_unknown_trial_ids_are_rejected(tmp_path):
+    oracle = make_oracle(tmp_path)
+    with pytest.raises(UnknownTrial):
+        oracle.update_trial("999", {"val_f1": 1.0})
+    with pytest.raises(UnknownTrial):
+        oracle.get_trial("999")
+
+
+def test_an_exception_inside_the_oracle_does_not_leak_its_lock(tmp_path, monkeypatch):
+    oracle = make_oracle(tmp_path)
+    calls = {"n": 0}
+    original = type(oracle).populate_space
+
+    def flaky(self, trial_id):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom inside populate_space")
+        return original(self, trial_id)
+
+    monkeypatch.setattr(type(oracle), "populate_space", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        oracle.create_trial("w0", session="s0")
+    assert not kt_oracle.LOCKS[oracle].locked()
+    assert oracle.create_trial("w0", session="s0").status == Status.RUNNING
+
+
+def test_consecutive_failures_end_the_search_with_the_reason(tmp_path):
+    oracle = make_oracle(tmp_path)
+    for tuner in ("w0", "w1"):
+        trial = oracle.create_trial(tuner, session=tuner)
+        trial.status, trial.message = Status.FAILED, "DataError: /data/x.png: not an image"
+        oracle.end_trial(trial, tuner_id=tuner, session=tuner)
+    assert oracle.done and "consecutive failures" in oracle.failure
+    assert not kt_oracle.LOCKS[oracle].locked()
+    assert oracle.create_trial("w2", session="s2").status == Status.STOPPED
+
+
+def test_workers_wait_rather_than_exit_while_a_trial_may_come_back(tmp_path):
+    oracle = make_oracle(tmp_path, max_trials=1)
+    trial = oracle.create_trial("w0", session="s0")
+    assert oracle.create_trial("w1", session="s1").status == Status.IDLE
+    finish(oracle, trial, 0.4)
+    assert oracle.create_trial("w1", session="s1").status == Status.STOPPED
+    assert oracle.done and oracle.failure is None
+
+
+def test_median_rule_stops_a_trial_worse_than_finished_ones(tmp_path):
+    oracle = make_oracle(tmp_path, max_trials=10, early_stopping=True)
+    for value in (0.6, 0.7, 0.8):
+        finish(oracle, oracle.create_trial("w0", session="s0"), value)
+    good = oracle.create_trial("w0", session="s0")
+    oracle.update_trial(good.trial_id, {"val_f1": 0.75}, step=0, tuner_id="w0", session="s0")
+    assert good.trial_id not in oracle.stop_requested
+    finish(oracle, good, 0.75)
+    bad = oracle.create_trial("w0", session="s0")
+    oracle.update_trial(bad.trial_id, {"val_f1": 0.1}, step=0, tuner_id="w0", session="s0")
+    assert bad.trial_id in oracle.stop_requested
+    assert oracle.heartbeat("w0", "s0", bad.trial_id, 0)["stop"] is True
+    bad.status = Status.COMPLETED
+    oracle.end_trial(bad, tuner_id="w0", session="s0", stopped_early=True)
+    assert bad.trial_id in oracle.stopped_early
+    assert json.loads((tmp_path / "search" / f"trial_{bad.trial_id}" / "trial.json").read_text())["stopped_early"]
+
+
+def test_restored_oracle_keeps_trials_order_and_running_holders(tmp_path):
+    oracle = make_oracle(tmp_path)
+    done = oracle.create_trial("w0", session="s0")
+    finish(oracle, done, 0.9)
+    running = oracle.create_trial("w1", session="s1")
+    oracle.journal.close()
+
+    again = make_oracle(tmp_path, restore=True)
+    assert again.end_order == [done.trial_id]
+    assert again.trials[done.trial_id].score == pytest.approx(0.9)
+    assert again.ongoing_trials["w1"].trial_id == running.trial_id
+    # The holder reconnects under its session and keeps its trial; nobody else gets it.
+    assert again.heartbeat("w1", "s1", running.trial_id, 0)["held"]
+    other = again.create_trial("w2", session="s2")
+    assert other.trial_id not in (done.trial_id, running.trial_id)
+    assert again._compute_values_hash(done.hyperparameters.values) in again._tried_so_far
+
+
+def test_torn_journal_tail_is_dropped_on_restore(tmp_path):
+    oracle = make_oracle(tmp_path)
+    finish(oracle, oracle.create_trial("w0", session="s0"), 0.5)
+    oracle.journal.close()
+    journal = next((tmp_path / "state").glob("journal-*.jsonl"))
+    with open(journal, "ab") as handle:
+        handle.write(b'{"trial": {"trial_id": "000", "hyperpar')  # a kill mid-write
+    again = make_oracle(tmp_path, restore=True)
+    assert len(again.trials) == 1
