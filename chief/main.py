@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from chief.k8s import scale_to_zero
 from chief.metrics import ChiefMetrics
 from chief.oracle import cluster_oracle_class
 from chief.service import build_server
@@ -29,7 +30,7 @@ def state_dir(config: SearchConfig) -> Path:
 
 
 def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
-              linger: bool = False, drain_seconds: float = 10.0) -> int:
+              linger: bool = False, drain_seconds: float = 10.0, scale_workers: str | None = None) -> int:
     """Serve until the search is over; 0 when it completed, 1 when it failed."""
     # keras-tuner makes a Tuner the chief only when "chief" is in its tuner id.
     os.environ["KERASTUNER_TUNER_ID"] = "chief"
@@ -61,6 +62,8 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         write_results(tuner, config)
         if oracle.failure:
             print(f"chief: the search failed: {oracle.failure}", flush=True)
+        if scale_workers:
+            scale_to_zero(scale_workers)
         if linger:
             terminated.wait()
         return 1 if oracle.failure else 0

@@ -82,7 +82,15 @@ def cmd_chief(args: argparse.Namespace) -> int:
 
     config, token = search_config(args), read_token(args)
     ip, port = oracle_address("0.0.0.0")
-    return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger)
+    if args.scale_workers_on_exit:
+        from chief.k8s import parse_target
+
+        try:
+            parse_target(args.scale_workers_on_exit)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
+                     scale_workers=args.scale_workers_on_exit)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -142,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     chief.add_argument("--metrics-port", type=int, default=DEFAULT_CHIEF_METRICS_PORT)
     chief.add_argument("--linger", action="store_true",
                        help="keep serving status and metrics after the search is over (for Kubernetes)")
+    chief.add_argument("--scale-workers-on-exit", metavar="NAMESPACE/STATEFULSET",
+                       help="when the search is over, scale this worker StatefulSet to zero (in-cluster API)")
     chief.set_defaults(func=cmd_chief)
 
     worker = sub.add_parser("worker", help="run trials (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT)")
