@@ -1,0 +1,124 @@
+"""The chief's gRPC surface with a real chief process: auth, bad requests, stock workers."""
+
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import pytest
+
+from harness import TOKEN
+from worker import protocol
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def oracle_call(address, method, request, token=TOKEN, metadata=()):
+    messages = protocol.oracle_messages()
+    with grpc.insecure_channel(address) as channel:
+        stub = protocol.oracle_stub_class()(channel)
+        auth = [(protocol.AUTHORIZATION, f"Bearer {token}")] if token else []
+        return getattr(stub, method)(getattr(messages, f"{method}Request")(**request),
+                                     metadata=auth + list(metadata), timeout=10, wait_for_ready=True)
+
+
+def coordinator_call(address, method, raw: bytes, token=TOKEN):
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(protocol.method_path(protocol.COORDINATOR_SERVICE, method))
+        return call(raw, metadata=[(protocol.AUTHORIZATION, f"Bearer {token}")], timeout=10, wait_for_ready=True)
+
+
+@pytest.fixture(scope="module")
+def chief(tmp_path_factory):
+    from harness import Cluster
+
+    c = Cluster(tmp_path_factory.mktemp("service"), config={"max_trials": 2})
+    c.start_chief()
+    try:
+        c.wait_for(lambda s: True, timeout=120, what="chief up")
+        yield c
+    finally:
+        c.stop()
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789"])
+def test_calls_without_the_right_token_are_unauthenticated(chief, token):
+    assert code_of(lambda: oracle_call(chief.address, "CreateTrial", {"tuner_id": "w"}, token=token)) \
+        == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: oracle_call(chief.address, "GetSpace", {}, token=token)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_bad_requests_get_status_codes_and_the_chief_keeps_serving(chief):
+    a = chief.address
+    assert code_of(lambda: oracle_call(a, "GetTrial", {"trial_id": "no-such-trial"})) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: oracle_call(a, "UpdateTrial", {"trial_id": "nope", "metrics": {"val_f1": 1.0}})) \
+        == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: oracle_call(a, "CreateTrial", {"tuner_id": ""})) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: oracle_call(a, "GetBestTrials", {"num_trials": -1})) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: coordinator_call(a, "Heartbeat", b"{not json")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: coordinator_call(a, "Heartbeat", b'{"tuner_id": 3}')) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: coordinator_call(a, "Status", b"x" * (5 * 1024 * 1024))) \
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trial = oracle_call(a, "CreateTrial", {"tuner_id": "probe"}).trial
+    assert code_of(lambda: oracle_call(a, "UpdateTrial", {"trial_id": trial.trial_id, "metrics": {"loss": 1.0}})) \
+        == grpc.StatusCode.INVALID_ARGUMENT  # the objective val_f1 is missing
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    space = HyperParameters.from_proto(oracle_call(a, "GetSpace", {}).hyperparameters)
+    assert {"start_neurons", "activation"} <= {p.name for p in space.space}
+    assert chief.procs["chief"].poll() is None
+
+
+def test_chief_refuses_to_start_without_auth_or_insecure(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ktc", "chief"], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "--auth-token-file" in result.stderr and "--insecure" in result.stderr
+
+
+@pytest.mark.parametrize("tuner_id", ["chief-worker-1", "mychief"])
+def test_worker_with_a_chief_like_id_is_refused(tmp_path, tuner_id):
+    result = subprocess.run([sys.executable, "-m", "ktc", "worker", "--insecure"], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                              "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1"})
+    assert result.returncode == 2
+    assert "KERASTUNER_TUNER_ID" in result.stderr and "chief" in result.stderr
+
+
+STOCK_WORKER = textwrap.dedent("""
+    import sys
+    import keras_tuner
+    from worker.config import load
+    from worker.data import pipeline
+    from worker.hypermodel import build_hypermodel
+
+    config = load(sys.argv[1], env={{}})
+    train, val, steps, val_steps = pipeline.datasets(config)
+    tuner = keras_tuner.RandomSearch(hypermodel=build_hypermodel(config), objective=keras_tuner.Objective("val_f1", "max"),
+                                     max_trials=config.max_trials, directory=config.results, project_name=config.search_id)
+    tuner.search(train, validation_data=val, epochs=config.epochs, steps_per_epoch=steps,
+                 validation_steps=val_steps, verbose=0)
+""")
+
+
+def test_stock_keras_tuner_worker_completes_a_search_against_an_insecure_chief(cluster, tmp_path):
+    import os
+
+    c = cluster(auth=False, config={"max_trials": 2})
+    c.start_chief()
+    script = tmp_path / "stock_worker.py"
+    script.write_text(STOCK_WORKER.format())
+    env = dict(os.environ, KERASTUNER_TUNER_ID="stock-0", KERASTUNER_ORACLE_IP="127.0.0.1",
+               KERASTUNER_ORACLE_PORT=str(c.port), TF_CPP_MIN_LOG_LEVEL="2")
+    stock = subprocess.run([sys.executable, str(script), str(c.config_path)], env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert stock.returncode == 0, stock.stdout[-2000:] + stock.stderr[-3000:]
+    assert c.wait_exit("chief", timeout=60) == 0, c.tail("chief")
+    trials = c.trial_files()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"COMPLETED"}
