@@ -129,7 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from ktc.results import show_results
 
-    return show_results(Path(args.results), fmt=args.format, plot=args.plot, search_id=args.search_id)
+    return show_results(Path(args.results), fmt=args.format, search_id=args.search_id)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,7 +183,6 @@ def parser() -> argparse.ArgumentParser:
     results.add_argument("--results", required=True)
     results.add_argument("--search-id", default=None)
     results.add_argument("--format", choices=("summary", "csv", "json"), default="summary")
-    results.add_argument("--plot", help="write a PNG: objective per trial and learning curves")
     results.set_defaults(func=cmd_results)
     return p
 

@@ -114,3 +114,11 @@ def test_worker_metrics_show_trial_epoch_and_per_epoch_metrics(local_search):
     assert any(s.name == "ktc_worker_epoch_duration_seconds_count" and s.value >= 1 for s in all_samples)
     assert any(s.name == "ktc_worker_trials_total" and s.labels["outcome"] == "completed" and s.value >= 1
                for s in all_samples)
+
+
+def test_results_command_exports_every_trial(local_search):
+    out = subprocess.run([sys.executable, "-m", "ktc", "results", "--results", str(local_search["results"]),
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 4 and all(r["status"] == "COMPLETED" and "start_neurons" in r for r in rows)

@@ -119,7 +119,7 @@ def _freeze_until_lease_expires(worker_pid: int, chief_port: int) -> bool:
     """SIGSTOP the worker until the chief expires its lease (or a timeout); always SIGCONT."""
     os.kill(worker_pid, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + LEASE_SECONDS + 15
+        deadline = time.monotonic() + LEASE_SECONDS + 5
         while time.monotonic() < deadline:
             text = _try_scrape(chief_port)
             if text and (_metric(text, "ktc_chief_leases_expired_total") or 0) >= 1:
@@ -130,8 +130,14 @@ def _freeze_until_lease_expires(worker_pid: int, chief_port: int) -> bool:
         os.kill(worker_pid, signal.SIGCONT)
 
 
-def _drive(proc: subprocess.Popen, chief_port: int, worker_ports: list[int], scrapes: dict[str, str]) -> bool:
-    """While the search runs: keep scrapes for promtool, then freeze a training worker once."""
+def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, worker_ports: list[int],
+           scrapes: dict[str, str]) -> bool:
+    """While the search runs: keep scrapes for promtool, then freeze a training worker once.
+
+    The worker is frozen only once Prometheus holds its trial's epoch metrics (a frozen worker
+    cannot be scraped, and a trial that loses its lease drops them), and only while it still
+    trains (its /metrics still shows them just before SIGSTOP).
+    """
     pids = {}
     for child in _children(proc.pid):
         args = _cmdline(child)
@@ -148,7 +154,11 @@ def _drive(proc: subprocess.Popen, chief_port: int, worker_ports: list[int], scr
                 continue
             scrapes.setdefault("worker", text)
             scrapes.setdefault("chief", chief)
-            if port in pids and _freeze_until_lease_expires(pids[port], chief_port):
+            stored = prom.query(f'ktc_worker_epoch_metric{{instance="127.0.0.1:{port}"}}')
+            if port not in pids or not stored.get("data", {}).get("result"):
+                continue
+            text = _try_scrape(port)
+            if text and "ktc_worker_epoch_metric{" in text and _freeze_until_lease_expires(pids[port], chief_port):
                 return True
         time.sleep(0.2)
     return False
@@ -182,7 +192,7 @@ def live(tmp_path_factory) -> Live:
         with ps.running_prometheus(targets, [ps.RULES], scrape_interval="1s", workdir=tmp / "prometheus") as prom:
             start = time.time()
             scrapes: dict[str, str] = {}
-            requeued = _drive(proc, chief_port, worker_ports, scrapes)
+            requeued = _drive(proc, prom, chief_port, worker_ports, scrapes)
             try:
                 proc.wait(timeout=240)
             except subprocess.TimeoutExpired:
