@@ -39,6 +39,11 @@ class ChiefMetrics(Events):
         self.early_stops = Counter("ktc_chief_trials_stopped_early", "Trials stopped by the median stopping rule.",
                                    registry=r)
         self.info = Info("ktc_search", "The search this chief runs.", registry=r)
+        # Create every labelled series at 0, so rate() counts the first event too.
+        for status in ("completed", "failed", "invalid"):
+            self.trials_ended.labels(status=status)
+        for reason in ("lease_expired", "handback"):
+            self.requeued_total.labels(reason=reason)
 
     def lease_expired(self, trial_id: str, tuner_id: str) -> None:
         self.leases_expired.inc()

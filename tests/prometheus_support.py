@@ -8,7 +8,7 @@ Binaries come from Debian's `prometheus` package (`apt-get install -y prometheus
 failure.
 
 `dashboard_targets()` lists every PromQL target of every panel of every dashboard,
-`grafana_expand()` replaces Grafana's variables in an expression, `rule_expressions()` lists every
+`grafana_expand()` replaces Grafana's variables in an expression, `load_rules()` lists every
 alerting and recording rule, and `probes()` takes an alert expression apart into the series it
 compares (thresholds and `absent()` removed, `and`/`or`/`unless` split), so that a test can check
 that each part returns data in a healthy search, where the alert itself must stay silent.
@@ -285,10 +285,6 @@ def load_rules(path: Path = RULES) -> list[Rule]:
             kind = "alert" if "alert" in rule else "record"
             rules.append(Rule(rule[kind], kind, rule["expr"], rule))
     return rules
-
-
-def rule_expressions() -> list[Rule]:
-    return load_rules()
 
 
 # --- taking an alert expression apart ---------------------------------------------------------

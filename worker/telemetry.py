@@ -42,6 +42,8 @@ class WorkerMetrics:
         self.epoch.set(-1)
 
     def trial_started(self, trial_id: str) -> None:
+        # The last trial's epoch metrics stay until now, so a scrape sees its final epoch.
+        self.epoch_metric.clear()
         self.trial.labels(tuner_id=self.tuner_id, trial_id=trial_id).set(1)
         self.busy.set(1)
 
@@ -54,6 +56,5 @@ class WorkerMetrics:
     def trial_ended(self, trial_id: str, outcome: str) -> None:
         self.trials.labels(outcome=outcome).inc()
         self.trial.clear()
-        self.epoch_metric.clear()
         self.epoch.set(-1)
         self.busy.set(0)
