@@ -19,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The source is bind-mounted for the install only, so no copy of it stays in a layer. The
 # image is the whole environment, hence the system interpreter (PEP 668 does not apply).
 RUN --mount=type=bind,target=/src,rw \
-    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install /src \
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install "/src[neptune]" \
     && ktc --help >/dev/null
 
 # uid/gid 1000, as the Helm chart's securityContext expects (runAsUser/fsGroup 1000). Base

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ktc.progress import render
-from worker.config import SearchConfig
+from worker.config import ConfigError, SearchConfig
 from worker.data import layout, synth
 
 SYNTH_COUNT = 48
@@ -95,12 +95,13 @@ def start(config: SearchConfig, config_path: Path, token_path: Path, workers: in
 
 def stop(children: list[Child], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM workers first (they hand back), then the chief; SIGKILL whatever remains."""
-    for child in sorted(children, key=lambda c: c.name == "chief"):
-        if child.process.poll() is None:
-            child.process.send_signal(signal.SIGTERM)
-            if child.name == "chief":
-                _wait([c for c in children if c.name != "chief"], grace)
-    _wait(children, grace)
+    workers = [c for c in children if c.name != "chief"]
+    chief = [c for c in children if c.name == "chief"]
+    for group in (workers, chief):  # the chief must outlive the workers' hand-backs
+        for child in group:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        _wait(group, grace)
     for child in children:
         if child.process.poll() is None:
             os.killpg(child.process.pid, signal.SIGKILL)
@@ -157,7 +158,6 @@ def monitor(children: list[Child], address: str, token: str, view: ProgressView)
 
 def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: bool = False) -> int:
     if workers < 1:
-        from worker.config import ConfigError
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
     config_path, token_path = prepare(config)
     children, address = start(config, config_path, token_path, workers, base_port)

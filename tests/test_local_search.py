@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -122,3 +123,41 @@ def test_results_command_exports_every_trial(local_search):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert len(rows) == 4 and all(r["status"] == "COMPLETED" and "start_neurons" in r for r in rows)
+
+
+def processes_mentioning(text):
+    """Pids of live processes whose command line contains `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_stops_the_search_and_leaves_no_process_behind(tmp_path):
+    config = merge(TINY, {"max_trials": 6, "epochs": 30})
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
+    results = tmp_path / "results-ctrl-c"
+    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", "2", "--config",
+                             str(tmp_path / "search.yaml"), "--data", str(tmp_path / "data"),
+                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "running 2" in line:  # both workers are training
+                break
+        children = [pid for pid in processes_mentioning(str(results)) if pid != proc.pid]
+        assert len(children) == 3  # chief and two workers
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out
+        assert "interrupted" in out
+        assert processes_mentioning(str(results)) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in processes_mentioning(str(results)):
+            os.kill(pid, signal.SIGKILL)
