@@ -19,6 +19,7 @@ from chief.metrics import ChiefMetrics
 from chief.oracle import cluster_oracle_class
 from chief.service import build_server
 from worker.config import SearchConfig
+from worker.neptune_tracking import NeptuneTracker
 from worker.tuner import build_tuner
 
 log = logging.getLogger("ktc.chief")
@@ -46,6 +47,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     metrics.info.info({"search_id": config.search_id, "tuner": config.tuner,
                        "objective": config.objective, "direction": config.direction})
     metrics.watch(oracle)
+    tracker = NeptuneTracker.for_chief(config, oracle)
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
     server, port = build_server(oracle, metrics, address, token,
                                 search_info={"search_id": config.search_id, "tuner": config.tuner})
@@ -60,6 +62,8 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
             return 0  # state is on disk; a restarted chief resumes
         _drain(oracle, drain_seconds)
         write_results(tuner, config)
+        if tracker:
+            tracker.finish(oracle)
         if oracle.failure:
             print(f"chief: the search failed: {oracle.failure}", flush=True)
         if scale_workers:

@@ -39,11 +39,22 @@ class ChiefMetrics(Events):
         self.early_stops = Counter("ktc_chief_trials_stopped_early", "Trials stopped by the median stopping rule.",
                                    registry=r)
         self.info = Info("ktc_search", "The search this chief runs.", registry=r)
+        self._rpc_children: dict[tuple[str, str], tuple] = {}
         # Create every labelled series at 0, so rate() counts the first event too.
         for status in ("completed", "failed", "invalid"):
             self.trials_ended.labels(status=status)
         for reason in ("lease_expired", "handback"):
             self.requeued_total.labels(reason=reason)
+
+    def rpc_served(self, method: str, code: str, seconds: float) -> None:
+        """Count and time one call. The labelled children are looked up once per (method, code):
+        `labels()` costs a lock and a tuple hash per call, on every RPC the chief serves."""
+        pair = self._rpc_children.get((method, code))
+        if pair is None:
+            pair = self._rpc_children[(method, code)] = (self.rpc_duration.labels(method=method),
+                                               self.rpc_requests.labels(method=method, code=code))
+        pair[0].observe(seconds)
+        pair[1].inc()
 
     def lease_expired(self, trial_id: str, tuner_id: str) -> None:
         self.leases_expired.inc()

@@ -54,8 +54,7 @@ def _served(method: str) -> Callable:
             except Exception as exc:  # a bug must fail this call, not the chief
                 code, detail = grpc.StatusCode.INTERNAL, f"{method}: {type(exc).__name__}: {exc}"
             finally:
-                self.metrics.rpc_duration.labels(method=method).observe(time.perf_counter() - start)
-                self.metrics.rpc_requests.labels(method=method, code=code.name).inc()
+                self.metrics.rpc_served(method, code.name, time.perf_counter() - start)
             context.abort(code, detail)
 
         return wrapper
@@ -89,6 +88,26 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         self.oracle = oracle
         self.metrics = metrics
         self.messages = protos.get_service()
+        self._hp_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its HyperParameters, their proto)
+
+    def _trial_proto(self, trial: trial_module.Trial):
+        """`trial.to_proto()`, reusing the proto of the trial's hyperparameters.
+
+        keras-tuner rebuilds it (every hyperparameter's range and value) for each reply, which made
+        it the largest part of an UpdateTrial. A running trial keeps its HyperParameters object
+        (EndTrial replaces it), so the proto is cached against that very object, held here so its
+        identity cannot be reused; entries go when the trial ends."""
+        hps = trial.hyperparameters
+        cached = self._hp_protos.get(trial.trial_id)
+        if cached is None or cached[0] is not hps:
+            if len(self._hp_protos) > 100_000:  # trials that never ended: a bound, not a policy
+                self._hp_protos.clear()
+            cached = self._hp_protos[trial.trial_id] = (hps, hps.to_proto())
+        score = (protos.get_proto().Trial.Score(value=trial.score, step=trial.best_step)
+                 if trial.score is not None else None)
+        return protos.get_proto().Trial(trial_id=trial.trial_id, hyperparameters=cached[1], score=score,
+                                        status=trial_module.TrialStatus.to_proto(trial.status),
+                                        metrics=trial.metrics.to_proto())
 
     @_served("GetSpace")
     def GetSpace(self, request, context):
@@ -106,7 +125,9 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         trial = self.oracle.create_trial(tuner_id, session=session)
         if trial.status == trial_module.TrialStatus.IDLE and session is None:
             time.sleep(STOCK_IDLE_PAUSE_SECONDS)  # stock workers retry IDLE at once, in a busy loop
-        return self.messages.CreateTrialResponse(trial=trial.to_proto())
+        if trial.status != trial_module.TrialStatus.RUNNING:
+            return self.messages.CreateTrialResponse(trial=trial.to_proto())
+        return self.messages.CreateTrialResponse(trial=self._trial_proto(trial))
 
     @_served("UpdateTrial")
     def UpdateTrial(self, request, context):
@@ -114,7 +135,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         trial_id = protocol.check_id(request.trial_id, "trial_id")
         trial = self.oracle.update_trial(trial_id, _check_metrics(request.metrics), step=request.step,
                                          tuner_id=tuner_id, session=session)
-        proto = trial.to_proto()
+        proto = self._trial_proto(trial)
         if trial_id in self.oracle.stop_requested:
             proto.status = trial_module.TrialStatus.to_proto(trial_module.TrialStatus.STOPPED)
         return self.messages.UpdateTrialResponse(trial=proto)
@@ -132,6 +153,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
             trial.message = message.decode("utf-8", "replace")
         self.oracle.end_trial(trial, tuner_id=tuner_id, session=session,
                               stopped_early=metadata.get(protocol.STOPPED_EARLY) == "1")
+        self._hp_protos.pop(trial.trial_id, None)
         return self.messages.EndTrialResponse()
 
     @_served("GetTrial")
@@ -213,20 +235,24 @@ def _deny(request, context):
 _DENY = grpc.unary_unary_rpc_method_handler(_deny)
 
 
+RPC_THREADS = 64
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
+    # Hundreds of idle workers keep connections open through long epochs.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
 def build_server(oracle, metrics: ChiefMetrics, address: str, token: str | None,
-                 search_info: dict[str, Any], max_workers: int = 64) -> tuple[grpc.Server, int]:
+                 search_info: dict[str, Any], max_workers: int = RPC_THREADS) -> tuple[grpc.Server, int]:
     """A started server; returns it and the port it bound (useful with port 0)."""
-    options = [
-        ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
-        # Hundreds of idle workers keep connections open through long epochs.
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
-    ]
+    options = SERVER_OPTIONS
     interceptors = [TokenAuth(token, metrics)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=options)

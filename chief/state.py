@@ -18,14 +18,17 @@ from typing import Any, Iterator
 SNAPSHOT = "snapshot.json"
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a whole file or nothing: a reader never sees a torn file."""
+def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
+    """Write a whole file or nothing: a reader never sees a torn file.
+
+    `fsync` makes it survive a power loss too; without it, it survives a kill of the process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data.encode() if isinstance(data, str) else data)
         handle.flush()
-        os.fsync(handle.fileno())
+        if fsync:
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -39,11 +42,17 @@ class Replayed:
     run_times: dict[str, int] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)  # kt-cluster's own small state
     stopped_early: set[str] = field(default_factory=set)
+    # trial id -> [(metrics, step)]: UpdateTrial calls since that trial's last full record
+    updates: dict[str, list[tuple[dict[str, float], int]]] = field(default_factory=dict)
 
     def apply(self, record: dict[str, Any]) -> None:
         if "trial" in record:
             state = record["trial"]
             self.trials[state["trial_id"]] = state
+            self.updates.pop(state["trial_id"], None)  # the full state includes them
+        elif "update" in record:
+            if record["update"] in self.trials:
+                self.updates.setdefault(record["update"], []).append((record["metrics"], record["step"]))
         elif "oracle" in record:
             self.oracle = record["oracle"]
         elif "end" in record:
@@ -59,6 +68,7 @@ class Replayed:
         return {
             "trials": list(self.trials.values()), "oracle": self.oracle, "end_order": self.end_order,
             "run_times": self.run_times, "cluster": self.cluster, "stopped_early": sorted(self.stopped_early),
+            "updates": self.updates,
         }
 
     @classmethod
@@ -67,6 +77,7 @@ class Replayed:
             trials={t["trial_id"]: t for t in data["trials"]}, oracle=data["oracle"],
             end_order=list(data["end_order"]), run_times=dict(data["run_times"]),
             cluster=dict(data["cluster"]), stopped_early=set(data["stopped_early"]),
+            updates={k: [tuple(u) for u in v] for k, v in data.get("updates", {}).items()},
         )
 
 
@@ -107,18 +118,35 @@ class Journal:
         return self.directory / f"journal-{self.generation if generation is None else generation}.jsonl"
 
     def append(self, record: dict[str, Any]) -> None:
+        self._write(json.dumps(record, separators=(",", ":")))
+
+    def append_encoded(self, key: str, value_json: str) -> None:
+        """Append `{key: value}` where the value is already JSON text."""
+        self._write("{" + json.dumps(key) + ":" + value_json + "}")
+
+    def _write(self, line: str) -> None:
         if self._handle is None:
             self._handle = open(self._journal_path(), "ab")
-        self._handle.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        self._handle.write(line.encode() + b"\n")
         self._handle.flush()  # in the OS's hands: survives a kill of this process
         self.records += 1
 
-    def snapshot(self, state: Replayed) -> None:
-        """Fold everything into a snapshot of the next generation, then drop the old journal."""
+    def snapshot(self, state: Replayed, encoded_trials: list[str] | None = None) -> None:
+        """Fold everything into a snapshot of the next generation, then drop the old journal.
+
+        `encoded_trials`, the JSON text of each trial's state in start order, replaces
+        `state.trials` (the caller keeps ended trials encoded; re-encoding them all was most of a
+        snapshot's cost)."""
         old = self._journal_path()
         self.generation += 1
-        atomic_write(self.directory / SNAPSHOT,
-                     json.dumps({"generation": self.generation, "state": state.to_snapshot()}))
+        body = state.to_snapshot()
+        if encoded_trials is None:
+            text = json.dumps({"generation": self.generation, "state": body})
+        else:
+            del body["trials"]
+            text = (f'{{"generation":{self.generation},"state":{{"trials":[{",".join(encoded_trials)}],'
+                    f'{json.dumps(body)[1:]}}}')
+        atomic_write(self.directory / SNAPSHOT, text)
         self.close()
         self.records = 0
         old.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from worker.config import ConfigError, SearchConfig, load
+from worker.config import TUNERS, ConfigError, SearchConfig, load
 
 DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
@@ -26,10 +26,10 @@ DEFAULT_WORKER_METRICS_PORT = 9101
 def _search_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("search (override the config file and KTC_* variables)")
     g.add_argument("--config", help="search config YAML, the same file for chief and workers")
-    g.add_argument("--tuner", choices=("hyperband", "bayesian", "random"))
+    g.add_argument("--tuner", choices=TUNERS)
     g.add_argument("--max-trials", type=int)
     g.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
-    g.add_argument("--max-epochs", type=int, help="epochs of the longest trial (hyperband)")
+    g.add_argument("--max-epochs", type=int, help="epochs of the longest trial (hyperband, asha)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--image-size", type=int)
     g.add_argument("--data", help="dataset directory")
@@ -129,7 +129,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from ktc.results import show_results
 
-    return show_results(Path(args.results), fmt=args.format, search_id=args.search_id)
+    return show_results(Path(args.results), fmt=args.format, search_id=args.search_id,
+                        plot_file=Path(args.plot) if args.plot else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
     results.add_argument("--results", required=True)
     results.add_argument("--search-id", default=None)
     results.add_argument("--format", choices=("summary", "csv", "json"), default="summary")
+    results.add_argument("--plot", metavar="FILE.png",
+                         help="also write a figure: objective per trial and learning curves (needs matplotlib)")
     results.set_defaults(func=cmd_results)
     return p
 

@@ -175,3 +175,19 @@ def test_torn_journal_tail_is_dropped_on_restore(tmp_path):
         handle.write(b'{"trial": {"trial_id": "000", "hyperpar')  # a kill mid-write
     again = make_oracle(tmp_path, restore=True)
     assert len(again.trials) == 1
+
+
+def test_restore_right_after_an_end_trial_neither_loses_nor_reissues_trials(tmp_path):
+    oracle = make_oracle(tmp_path)
+    ended = oracle.create_trial("w0", session="s0")
+    running = oracle.create_trial("w1", session="s1")
+    for step, value in enumerate((0.2, 0.3)):  # journaled as small "update" records
+        oracle.update_trial(running.trial_id, {"val_f1": value}, step=step, tuner_id="w1", session="s1")
+    finish(oracle, ended, 0.9)  # the chief is killed right after this EndTrial
+    oracle.journal.close()
+
+    again = make_oracle(tmp_path, restore=True)
+    assert {t: trial.trial_id for t, trial in again.ongoing_trials.items()} == {"w1": running.trial_id}
+    history = again.trials[running.trial_id].metrics.get_history("val_f1")
+    assert [(o.step, o.value) for o in history] == [(0, [0.2]), (1, [0.3])]
+    assert again.create_trial("w0", session="s0").trial_id not in (ended.trial_id, running.trial_id)

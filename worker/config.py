@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-TUNERS = ("hyperband", "bayesian", "random")
+TUNERS = ("hyperband", "bayesian", "random", "asha")
 ACTIVATIONS = ("mish", "elu", "lrelu", "relu")
 ENV_PREFIX = "KTC_"
 
@@ -61,9 +61,10 @@ class SearchConfig:
     objective: str = "val_f1"
     direction: str = "max"
     max_trials: int = 10
-    max_epochs: int = 20  # hyperband: epochs of the longest trial
+    max_epochs: int = 20  # hyperband, asha: epochs of the longest trial
+    min_epochs: int = 1  # asha: epochs of the first rung (r); rungs at r * eta**k, eta = hyperband_factor
     epochs: int = 2  # bayesian and random: epochs of every trial
-    hyperband_factor: int = 3
+    hyperband_factor: int = 3  # also asha's reduction factor eta
     hyperband_iterations: int = 1
     max_retries_per_trial: int = 1
     max_consecutive_failed_trials: int = 3
@@ -75,13 +76,17 @@ class SearchConfig:
     lease_seconds: float = 60.0
     # Clients that never heartbeat (stock keras-tuner workers) keep a trial this long.
     stock_lease_seconds: float = 6 * 3600.0
-    early_stopping: bool | None = None  # median stopping rule; None: on except under hyperband
+    early_stopping: bool | None = None  # median stopping rule; None: on except under hyperband, asha
+    mixed_precision: bool = False  # keras mixed_float16 policy; GPU only (ignored with a warning on CPU)
+    jit_compile: bool | None = None  # XLA, passed to model.compile; None: Keras decides ("auto")
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     @property
     def early_stopping_on(self) -> bool:
-        return self.early_stopping if self.early_stopping is not None else self.tuner != "hyperband"
+        if self.early_stopping is not None:
+            return self.early_stopping
+        return self.tuner not in ("hyperband", "asha")  # both stop bad trials themselves
 
     @property
     def results_dir(self) -> Path:
@@ -101,6 +106,7 @@ OVERRIDES: dict[str, str] = {
     "max_trials": "max_trials",
     "epochs": "epochs",
     "max_epochs": "max_epochs",
+    "min_epochs": "min_epochs",
     "batch_size": "batch_size",
     "data": "data.path",
     "results": "results",
@@ -110,6 +116,8 @@ OVERRIDES: dict[str, str] = {
     "search_id": "search_id",
     "lease_seconds": "lease_seconds",
     "early_stopping": "early_stopping",
+    "mixed_precision": "mixed_precision",
+    "jit_compile": "jit_compile",
 }
 
 
@@ -218,10 +226,12 @@ def validate(c: SearchConfig) -> None:
     check(c.direction in ("min", "max"), "direction", f"must be 'min' or 'max', got {c.direction!r}")
     check(bool(c.objective), "objective", "must name a metric such as val_f1")
     check(bool(c.search_id) and "/" not in c.search_id, "search_id", "must be a non-empty name without '/'")
-    for name in ("max_trials", "max_epochs", "epochs", "batch_size",
+    for name in ("max_trials", "max_epochs", "min_epochs", "epochs", "batch_size",
                  "max_consecutive_failed_trials", "hyperband_iterations"):
         check(getattr(c, name) >= 1, name, f"must be >= 1, got {getattr(c, name)}")
     check(c.hyperband_factor >= 2, "hyperband_factor", f"must be >= 2, got {c.hyperband_factor}")
+    if c.tuner == "asha":
+        check(c.min_epochs <= c.max_epochs, "min_epochs", f"must be <= max_epochs ({c.max_epochs}), got {c.min_epochs}")
     check(c.max_retries_per_trial >= 0, "max_retries_per_trial", "must be >= 0")
     check(c.learning_rate > 0, "learning_rate", f"must be > 0, got {c.learning_rate}")
     check(c.lease_seconds > 0, "lease_seconds", f"must be > 0, got {c.lease_seconds}")

@@ -43,10 +43,31 @@ def default_space_builder(config: SearchConfig,
         )
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=WeightedBinaryCrossentropy(pos_weights),
-                      metrics=[F1Score(), Precision(), Recall(), IoU()])
+                      metrics=[F1Score(), Precision(), Recall(), IoU()], **compile_options(config))
         return model
 
     return build
+
+
+def compile_options(config: SearchConfig) -> dict[str, object]:
+    """Extra `model.compile` arguments: `jit_compile` (XLA) when set, else Keras' "auto"."""
+    return {} if config.jit_compile is None else {"jit_compile": config.jit_compile}
+
+
+def apply_precision_policy(config: SearchConfig) -> str:
+    """Set Keras' global dtype policy: mixed_float16 when asked for and a GPU is visible.
+
+    On CPU, float16 math is slower, not faster: the option is ignored with a warning.
+    Returns the policy in force.
+    """
+    if config.mixed_precision:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            log.warning("mixed_precision: no GPU visible to this process; ignored (training stays float32)")
+    return keras.mixed_precision.global_policy().name
 
 
 def _net_depth_range(config: SearchConfig) -> tuple[int, int]:
@@ -94,6 +115,20 @@ def load_hypermodel(spec: str) -> ModelBuilder:
 
 def build_hypermodel(config: SearchConfig, class_fractions: Sequence[float] | None = None) -> ModelBuilder:
     """The user's `config.hypermodel` when set (it compiles its own loss), else the default space."""
+    apply_precision_policy(config)
     if config.hypermodel:
-        return load_hypermodel(config.hypermodel)
+        return _with_compile_options(load_hypermodel(config.hypermodel), config)
     return default_space_builder(config, class_fractions)
+
+
+def _with_compile_options(builder: ModelBuilder, config: SearchConfig) -> ModelBuilder:
+    """A user's builder compiles its own model; `jit_compile`, when set, still applies to it."""
+    if config.jit_compile is None:
+        return builder
+
+    def build(hp: keras_tuner.HyperParameters) -> keras.Model:
+        model = builder(hp)
+        model.jit_compile = config.jit_compile  # read when fit() makes its train function
+        return model
+
+    return build

@@ -9,6 +9,7 @@ from prometheus_client import start_http_server
 from worker.client import ChiefClient
 from worker.config import ConfigError, SearchConfig
 from worker.data import layout, pipeline
+from worker.neptune_tracking import NeptuneTracker
 from worker.runner import Worker
 from worker.telemetry import WorkerMetrics
 from worker.tuner import build_tuner, configure_devices
@@ -33,15 +34,18 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
     log.info("worker %s: GPUs %s", tuner_id, gpus or "none")
     metrics = WorkerMetrics(tuner_id)
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
+    tracker = NeptuneTracker.for_worker(config, tuner_id)
     try:
         tuner = build_tuner(config, class_fractions=_class_fractions(config))
         client = ChiefClient(tuner.oracle, address, tuner_id, token)
         tuner.oracle = client
-        worker = Worker(config, tuner, client, metrics, grace_seconds=grace_seconds)
+        worker = Worker(config, tuner, client, metrics, grace_seconds=grace_seconds, tracker=tracker)
         worker.install_signal_handlers()
         return worker.run()
     finally:
         http_server.shutdown()
+        if tracker:
+            tracker.stop()
 
 
 def _class_fractions(config: SearchConfig) -> list[float] | None:

@@ -99,8 +99,9 @@ class ClusterCallback(keras.callbacks.Callback):
 
 class Worker:
     def __init__(self, config: SearchConfig, tuner: ClusterTuner, client: ChiefClient, metrics: WorkerMetrics,
-                 grace_seconds: float = 25.0):
+                 grace_seconds: float = 25.0, tracker=None):
         self.config, self.tuner, self.client, self.metrics = config, tuner, client, metrics
+        self.tracker = tracker  # a NeptuneTracker, or None
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
         self.heartbeat_seconds = max(0.2, config.lease_seconds / 4)
@@ -159,7 +160,8 @@ class Worker:
                 self.tuner.run_trial(
                     trial, train, validation_data=val, epochs=self.config.epochs, steps_per_epoch=steps,
                     validation_steps=validation_steps, verbose=0,
-                    callbacks=[ClusterCallback(run, self.client, self.metrics, self.stopping)])
+                    callbacks=[ClusterCallback(run, self.client, self.metrics, self.stopping),
+                               *(self.tracker.trial_callbacks(trial) if self.tracker else [])])
             trial.status = TrialStatus.COMPLETED
         except TrialInterrupted:
             run.interrupted = True
@@ -173,6 +175,7 @@ class Worker:
 
     def _report(self, trial: trial_module.Trial, run: TrialRun) -> str:
         if run.lease_lost:
+            log.warning("trial %s: %s", trial.trial_id, run.lost_reason)
             return "lease_lost"  # someone else holds it now; nothing of ours to report
         if run.interrupted:
             try:

@@ -16,6 +16,7 @@ import keras_tuner
 from keras_tuner.src.engine import tuner_utils
 
 from worker import checkpoints
+from worker.asha import ASHAOracle
 from worker.config import SearchConfig
 from worker.hypermodel import build_hypermodel
 
@@ -25,6 +26,7 @@ ORACLES: dict[str, type] = {
     "hyperband": keras_tuner.oracles.HyperbandOracle,
     "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
     "random": keras_tuner.oracles.RandomSearchOracle,
+    "asha": ASHAOracle,
 }
 
 
@@ -39,6 +41,9 @@ def oracle_kwargs(config: SearchConfig) -> dict[str, Any]:
         # keras-tuner's Hyperband has no max_trials; we cap the trial count on top of it.
         return common | {"max_epochs": config.max_epochs, "factor": config.hyperband_factor,
                          "hyperband_iterations": config.hyperband_iterations}
+    if config.tuner == "asha":
+        return common | {"max_trials": config.max_trials, "min_epochs": config.min_epochs,
+                         "max_epochs": config.max_epochs, "eta": config.hyperband_factor}
     return common | {"max_trials": config.max_trials}
 
 

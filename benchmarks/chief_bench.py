@@ -1,0 +1,744 @@
+#!/usr/bin/env python3
+"""Chief benchmark: simulated workers against the stock keras-tuner chief, ours and a do-nothing server.
+
+Not part of the test run. Run from the repository root, in the project's virtualenv:
+
+    python benchmarks/chief_bench.py                 # the full run (~10-15 minutes on 2 cores)
+    python benchmarks/chief_bench.py --quick         # a scaled-down smoke run (~2 minutes)
+    python benchmarks/chief_bench.py --scenarios 16x8000 --servers ours,null --json out.json
+
+What it measures
+----------------
+Each simulated worker speaks keras-tuner's `keras_tuner.Oracle` protocol, one trial at a time:
+CreateTrial, 5 x UpdateTrial (one per "epoch", reporting a synthetic objective), EndTrial; with
+`--trial-seconds`-style scenarios ("512x3000x2s") it sleeps trial_length/5 before each UpdateTrial
+to model training. It sends what a kt-cluster worker sends (bearer token, session and tuner-id
+metadata; servers that do not know them ignore them), backs off on IDLE (0.1 s doubling to 1 s,
+as `worker/runner.py` does) and leaves on STOPPED. Replies asking for an early stop are ignored
+(as stock workers do), so every server sees exactly the same work per trial.
+
+Servers, each started fresh for every scenario in its own subprocess, on loopback:
+  stock        keras-tuner 1.4.8's own chief: `oracle_chief.start_server` (one-thread gRPC pool)
+               around a `RandomSearchOracle`, default display (verbose), files in a temp dir.
+  ours         `python -m ktc chief` (the production entry point: `run_chief`, Prometheus endpoint,
+               lease expiry loop, journal) with `--auth-token-file`, tuner `random` (so the median
+               early-stopping rule is on, its default), scraped every 10 s as Prometheus would.
+  ours-noauth  the same with `--insecure`.
+  null         a do-nothing `OracleServicer` answering from canned protos, with our server's
+               options and thread pool: the ceiling of this machine (load generator included).
+All use the same tiny search space (a log-uniform float and an int).
+
+Reported per (scenario, server): trials/s (trials ended / time from the start signal to the last
+EndTrial), client-side latency p50/p99 per RPC (CreateTrial counts only calls that handed out a
+trial), the fraction of time workers spend training ("busy": sleep time inside the window from the
+start to the first IDLE/STOPPED reply, i.e. before the trial budget runs out and the tail begins;
+the whole-run figure is also given), and CPU seconds per trial of the server and of the load
+generator (read from /proc). Then the restart case: `ClusterOracle.restore()` timed on the
+journal/snapshot of a search of 10,000 ended trials (built by driving the oracle in-process).
+When `worker/asha.py` exists (tuner "asha"), Hyperband and ASHA are compared at 64 workers on a
+synthetic objective: busy fraction and best score over time.
+
+Load generator: workers are threads in `--client-procs` processes (default: one per 64 workers,
+at least 2). The processes import only grpc and keras-tuner's generated protos (not TensorFlow).
+The machine's cores are shared by the load generator and the server under test, which is why the
+do-nothing server is measured in the same run: it shows what this machine can do at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TOKEN = "bench-token-0123456789abcdef"
+OBJECTIVE = "score"
+EPOCHS = 5
+RPCS = ("CreateTrial", "UpdateTrial", "EndTrial")
+SCRAPE_SECONDS = 10.0
+SERVERS = ("stock", "ours", "ours-noauth", "null")
+SCENARIOS = ("16x1000", "16x8000", "64x2000", "512x3000x2s")
+QUICK_SCENARIOS = ("16x300", "16x1200", "64x600", "256x600x1s")
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+def load_protos():
+    """keras-tuner's generated protos without importing keras_tuner (and so TensorFlow).
+
+    Registers empty `keras_tuner` and `keras_tuner.src` packages pointing at the real directories,
+    so that `keras_tuner.src.protos` imports alone. Only for processes that never need the real
+    keras_tuner (the load generator)."""
+    if "keras_tuner" not in sys.modules:
+        spec = importlib.util.find_spec("keras_tuner")
+        root = Path(spec.origin).parent
+        for name, path in (("keras_tuner", root), ("keras_tuner.src", root / "src")):
+            module = types.ModuleType(name)
+            module.__path__ = [str(path)]
+            sys.modules[name] = module
+    from keras_tuner.src import protos
+
+    return protos.get_proto(), protos.get_service(), protos.get_service_grpc()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in (11, 12)) / ticks  # utime, stime (fields 14, 15)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
+
+
+def synthetic_score(values: dict, epoch: int) -> float:
+    """A smooth objective to maximise: best near lr=3e-3, units=200, rising with epochs."""
+    lr = float(values.get("lr", 1e-3))
+    units = float(values.get("units", 128))
+    quality = 1.0 - 0.15 * (math.log10(lr) + 2.5) ** 2 - ((units - 200.0) / 400.0) ** 2
+    return quality * (1.0 - 0.6 * 0.7 ** (epoch + 1))
+
+
+def build_space(hp):
+    """The tiny search space, as a `--hypermodel` for `ktc chief` (chief side only: it never trains)."""
+    import keras
+
+    hp.Float("lr", 1e-4, 1e-1, sampling="log")
+    hp.Int("units", 8, 512)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+# --- the load generator (a child process) -------------------------------------------------------
+
+
+def client_main(args) -> None:
+    import grpc
+
+    pb, service, service_grpc = load_protos()
+    status = pb.TrialStatus
+    first, count = args.first, args.count
+    channels = [grpc.insecure_channel(args.address, options=[("grpc.keepalive_time_ms", 60_000)])
+                for _ in range(count)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=120)
+    stubs = [service_grpc.OracleStub(c) for c in channels]
+    print("ready", flush=True)
+    t0 = float(sys.stdin.readline())
+    cpu0 = time.process_time()  # every thread of this process, gRPC's own included
+    trial_seconds = args.trial_seconds
+    lock = threading.Lock()
+    out = {"lat": {m: [] for m in RPCS}, "ends": [], "busy": [], "refused": None, "errors": {},
+           "workers_done": []}
+
+    def record_error(where: str, exc: grpc.RpcError) -> None:
+        with lock:
+            key = f"{where}:{exc.code().name}"
+            out["errors"][key] = out["errors"].get(key, 0) + 1
+
+    def work(index: int) -> None:
+        stub = stubs[index]
+        tuner_id = f"sim-{first + index}"
+        metadata = [("authorization", f"Bearer {TOKEN}"), ("x-ktc-session", f"s{first + index}-{os.getpid()}"),
+                    ("x-ktc-tuner-id", tuner_id)]
+        lat = {m: [] for m in RPCS}
+        ends, busy = [], []
+        refused = None
+        pause = 0.1
+        call = {"wait_for_ready": True, "timeout": 600, "metadata": metadata}
+        time.sleep(max(0.0, t0 - time.time()))
+        while True:
+            start = time.perf_counter()
+            try:
+                reply = stub.CreateTrial(service.CreateTrialRequest(tuner_id=tuner_id), **call)
+            except grpc.RpcError as exc:
+                record_error("CreateTrial", exc)
+                time.sleep(0.5)
+                continue
+            took = time.perf_counter() - start
+            trial = reply.trial
+            if trial.status == status.STOPPED:
+                refused = refused or time.time()
+                break
+            if trial.status != status.RUNNING:  # IDLE: the budget is handed out, some still run
+                refused = refused or time.time()
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
+                continue
+            pause = 0.1
+            lat["CreateTrial"].append(took)
+            values = {k: getattr(v, v.WhichOneof("kind")) for k, v in trial.hyperparameters.values.values.items()}
+            first_epoch = int(values.get("tuner/initial_epoch", 0))
+            last_epoch = int(values.get("tuner/epochs", EPOCHS))
+            epochs = max(1, last_epoch - first_epoch)
+            score = float("-inf")
+            for epoch in range(first_epoch, first_epoch + epochs):
+                if trial_seconds:
+                    began = time.time()
+                    time.sleep(trial_seconds / EPOCHS)
+                    busy.append((began, time.time()))
+                value = synthetic_score(values, epoch)
+                score = max(score, value)
+                start = time.perf_counter()
+                try:
+                    stub.UpdateTrial(service.UpdateTrialRequest(trial_id=trial.trial_id, metrics={OBJECTIVE: value},
+                                                                step=epoch), **call)
+                except grpc.RpcError as exc:
+                    record_error("UpdateTrial", exc)
+                lat["UpdateTrial"].append(time.perf_counter() - start)
+            trial.status = status.COMPLETED
+            start = time.perf_counter()
+            try:
+                stub.EndTrial(service.EndTrialRequest(trial=trial), **call)
+            except grpc.RpcError as exc:
+                record_error("EndTrial", exc)
+            lat["EndTrial"].append(time.perf_counter() - start)
+            ends.append((time.time(), score))
+        with lock:
+            for m in RPCS:
+                out["lat"][m].extend(lat[m])
+            out["ends"].extend(ends)
+            out["busy"].extend(busy)
+            out["workers_done"].append(time.time())
+            if refused is not None:
+                out["refused"] = min(out["refused"] or refused, refused)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out["cpu"] = time.process_time() - cpu0
+    for channel in channels:
+        channel.close()
+    with open(args.out, "w") as handle:
+        json.dump(out, handle)
+
+
+# --- servers (child processes) ------------------------------------------------------------------
+
+
+def serve_stock(args) -> None:
+    """keras-tuner's own chief, as `tuner.search()` starts it on the process whose id has 'chief'."""
+    import keras_tuner
+    from keras_tuner.src.distribute import oracle_chief
+
+    hp = keras_tuner.HyperParameters()
+    build_space_no_model(hp)
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective(OBJECTIVE, "max"), max_trials=args.max_trials, hyperparameters=hp, seed=1)
+    oracle._set_project_dir(args.dir, "stock")
+    os.environ.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(args.port))
+    oracle_chief.start_server(oracle)
+
+
+def build_space_no_model(hp) -> None:
+    hp.Float("lr", 1e-4, 1e-1, sampling="log")
+    hp.Int("units", 8, 512)
+
+
+def serve_null(args) -> None:
+    """A do-nothing Oracle servicer: canned replies, our server's options and thread pool."""
+    from concurrent import futures
+    import itertools
+
+    import grpc
+    from keras_tuner.src import protos
+
+    from chief import service as chief_service
+
+    pb, messages = protos.get_proto(), protos.get_service()
+    counter = itertools.count()
+    space = pb.HyperParameters()
+    template = pb.Trial(status=pb.TrialStatus.RUNNING)
+    template.hyperparameters.values.values["lr"].float_value = 3e-3
+    template.hyperparameters.values.values["units"].int_value = 200
+    stopped = messages.CreateTrialResponse(trial=pb.Trial(status=pb.TrialStatus.STOPPED))
+
+    class Null(protos.get_service_grpc().OracleServicer):
+        def GetSpace(self, request, context):
+            return messages.GetSpaceResponse(hyperparameters=space)
+
+        def CreateTrial(self, request, context):
+            n = next(counter)
+            if n >= args.max_trials:
+                return stopped
+            trial = pb.Trial()
+            trial.CopyFrom(template)
+            trial.trial_id = f"{n:05d}"
+            return messages.CreateTrialResponse(trial=trial)
+
+        def UpdateTrial(self, request, context):
+            return messages.UpdateTrialResponse(trial=pb.Trial(trial_id=request.trial_id, status=pb.TrialStatus.RUNNING))
+
+        def EndTrial(self, request, context):
+            return messages.EndTrialResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=chief_service.RPC_THREADS, thread_name_prefix="rpc"),
+                         options=chief_service.SERVER_OPTIONS)
+    protos.get_service_grpc().add_OracleServicer_to_server(Null(), server)
+    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def serve_restore(args) -> None:
+    """Drive a ClusterOracle through N ended trials in-process, then time a fresh chief's restore()."""
+    import keras_tuner
+
+    from chief.oracle import cluster_oracle_class
+
+    def make(state: Path):
+        hp = keras_tuner.HyperParameters()
+        build_space_no_model(hp)
+        oracle = cluster_oracle_class(keras_tuner.oracles.RandomSearchOracle)(
+            objective=keras_tuner.Objective(OBJECTIVE, "max"), max_trials=args.max_trials + 10, hyperparameters=hp,
+            seed=1)
+        oracle._set_project_dir(args.dir, "restore")
+        oracle.setup_cluster(state, 60.0, 21600.0, early_stopping=True)
+        return oracle
+
+    state = Path(args.dir) / "state"
+    oracle = make(state)
+    oracle.verbose = 0
+    oracle.save()
+    started = time.perf_counter()
+    for i in range(args.max_trials):
+        tuner_id = f"w{i % 16}"
+        trial = oracle.create_trial(tuner_id, session=tuner_id)
+        values = trial.hyperparameters.values
+        for epoch in range(EPOCHS):
+            oracle.update_trial(trial.trial_id, {OBJECTIVE: synthetic_score(values, epoch)}, step=epoch,
+                                tuner_id=tuner_id, session=tuner_id)
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial, tuner_id=tuner_id, session=tuner_id)
+    built = time.perf_counter() - started
+    running = oracle.create_trial("w-running", session="s")  # one trial still running at the "kill"
+    oracle.journal.close()
+    sizes = {p.name: p.stat().st_size for p in sorted(state.iterdir())}
+    again = make(state)
+    started = time.perf_counter()
+    assert again.restore()
+    took = time.perf_counter() - started
+    assert len(again.end_order) == args.max_trials and again.ongoing_trials["w-running"].trial_id == running.trial_id
+    print(json.dumps({"trials": args.max_trials, "restore_seconds": took, "build_seconds": built,
+                      "files": sizes}), flush=True)
+
+
+# --- the orchestrator ---------------------------------------------------------------------------
+
+
+def parse_scenario(name: str) -> tuple[int, int, float]:
+    parts = name.split("x")
+    workers, trials = int(parts[0]), int(parts[1])
+    seconds = float(parts[2].rstrip("s")) if len(parts) > 2 else 0.0
+    return workers, trials, seconds
+
+
+class Server:
+    """One server under test in a subprocess, stopped (killed) on exit."""
+
+    def __init__(self, kind: str, max_trials: int, workdir: Path, tuner: str = "random",
+                 extra_config: dict | None = None):
+        self.kind, self.port, self.metrics_port = kind, free_port(), free_port()
+        self.dir = workdir / kind
+        self.dir.mkdir(parents=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+        me = [sys.executable, str(Path(__file__).resolve())]
+        if kind in ("stock", "null"):
+            cmd = me + ["_serve", kind, "--port", str(self.port), "--dir", str(self.dir),
+                        "--max-trials", str(max_trials)]
+            env["KERASTUNER_TUNER_ID"] = "chief"
+        else:
+            import yaml
+
+            config = {"search_id": "bench", "tuner": tuner, "objective": OBJECTIVE, "direction": "max",
+                      "max_trials": max_trials, "hypermodel": "chief_bench:build_space", "seed": 1,
+                      "results": str(self.dir / "results"), "data": {"path": str(self.dir / "no-data")}}
+            config.update(extra_config or {})
+            (self.dir / "search.yaml").write_text(yaml.safe_dump(config))
+            (self.dir / "token").write_text(TOKEN)
+            auth = ["--insecure"] if kind == "ours-noauth" else ["--auth-token-file", str(self.dir / "token")]
+            cmd = [sys.executable, "-m", "ktc", "chief", "--config", str(self.dir / "search.yaml"), *auth,
+                   "--metrics-port", str(self.metrics_port)]
+            env.update(KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="127.0.0.1",
+                       KERASTUNER_ORACLE_PORT=str(self.port))
+        self.log = open(self.dir / "server.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     start_new_session=True)
+        self._scraping = threading.Event()
+        self.scrapes: list[float] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        import grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.kind} server exited:\n{self.tail()}")
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=1)
+                    return
+                except grpc.FutureTimeoutError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.kind} server not up after {timeout}s:\n{self.tail()}") from None
+
+    def start_scraping(self) -> None:
+        """Prometheus-like scrapes of ours' /metrics during the run (the collector reads the oracle)."""
+        if not self.kind.startswith("ours"):
+            return
+
+        def loop():
+            while not self._scraping.wait(SCRAPE_SECONDS):
+                start = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as r:
+                        r.read()
+                    self.scrapes.append(time.perf_counter() - start)
+                except OSError:
+                    pass
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def tail(self, lines: int = 30) -> str:
+        self.log.flush()
+        text = (self.dir / "server.log").read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        self._scraping.set()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+
+def run_clients(address: str, workers: int, trial_seconds: float, procs: int, workdir: Path) -> dict:
+    """Start the load generator, release all workers at once, merge what they measured."""
+    procs = max(1, min(procs, workers))
+    me = [sys.executable, str(Path(__file__).resolve()), "_client"]
+    children = []
+    per = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
+    first = 0
+    for i, count in enumerate(per):
+        out = workdir / f"client-{i}.json"
+        cmd = me + ["--address", address, "--first", str(first), "--count", str(count),
+                    "--trial-seconds", str(trial_seconds), "--out", str(out)]
+        children.append((subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                          env=dict(os.environ, PYTHONPATH=str(HERE))), out))
+        first += count
+    for child, _ in children:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("a load generator process failed to connect")
+    t0 = time.time() + 0.3
+    for child, _ in children:
+        child.stdin.write(f"{t0}\n")
+        child.stdin.flush()
+    for child, _ in children:
+        child.wait()
+    merged = {"lat": {m: [] for m in RPCS}, "ends": [], "busy": [], "refused": None, "errors": {},
+              "workers_done": []}
+    for child, out in children:
+        if child.returncode != 0:
+            raise RuntimeError(f"a load generator process exited with {child.returncode}")
+        data = json.loads(out.read_text())
+        for m in RPCS:
+            merged["lat"][m].extend(data["lat"][m])
+        merged["ends"].extend(data["ends"])
+        merged["busy"].extend(data["busy"])
+        merged["workers_done"].extend(data["workers_done"])
+        for k, v in data["errors"].items():
+            merged["errors"][k] = merged["errors"].get(k, 0) + v
+        if data["refused"] is not None:
+            merged["refused"] = min(merged["refused"] or data["refused"], data["refused"])
+    merged["t0"] = t0
+    merged["client_cpu"] = sum(json.loads(out.read_text())["cpu"] for _, out in children)
+    return merged
+
+
+def busy_fraction(busy: list, workers: int, start: float, end: float) -> float:
+    if end <= start:
+        return float("nan")
+    inside = sum(max(0.0, min(b, end) - max(a, start)) for a, b in busy)
+    return inside / (workers * (end - start))
+
+
+def summarise(kind: str, workers: int, trials: int, seconds: float, data: dict, server_cpu: float,
+              scrapes: list[float]) -> dict:
+    ends = sorted(t for t, _ in data["ends"])
+    t0 = data["t0"]
+    wall = (ends[-1] - t0) if ends else float("nan")
+    result = {
+        "server": kind, "workers": workers, "trials": trials, "trial_seconds": seconds,
+        "ended": len(ends), "wall_s": wall, "trials_per_s": len(ends) / wall if ends else 0.0,
+        "errors": data["errors"], "server_cpu_per_trial_ms": 1000 * server_cpu / max(1, len(ends)),
+        "client_cpu_per_trial_ms": 1000 * data["client_cpu"] / max(1, len(ends)),
+        "scrape_max_s": max(scrapes) if scrapes else None,
+    }
+    for m in RPCS:
+        lat = data["lat"][m]
+        result[f"{m}_p50_ms"] = 1000 * percentile(lat, 50)
+        result[f"{m}_p99_ms"] = 1000 * percentile(lat, 99)
+    if seconds:
+        refused = data["refused"] or (ends[-1] if ends else t0)
+        result["busy_steady"] = busy_fraction(data["busy"], workers, t0, refused)
+        result["busy_whole"] = busy_fraction(data["busy"], workers, t0, ends[-1] if ends else t0)
+        result["steady_window_s"] = refused - t0
+    return result
+
+
+def run_scenario(name: str, servers: list[str], procs: int | None, workdir: Path, log) -> list[dict]:
+    workers, trials, seconds = parse_scenario(name)
+    procs = procs or max(2, math.ceil(workers / 64))
+    results = []
+    for kind in servers:
+        where = workdir / f"{name}-{kind}"
+        where.mkdir()
+        server = Server(kind, trials, where)
+        try:
+            server.wait_ready()
+            time.sleep(0.5)
+            cpu0 = server.cpu()
+            server.start_scraping()
+            data = run_clients(server.address, workers, seconds, procs, where)
+            cpu = server.cpu() - cpu0
+            result = summarise(kind, workers, trials, seconds, data, cpu, server.scrapes)
+            result["scenario"], result["client_procs"] = name, procs
+        except Exception:
+            log(f"  {kind}: failed; server log tail:\n{server.tail()}")
+            raise
+        finally:
+            server.stop()
+        results.append(result)
+        log("  " + one_line(result))
+    return results
+
+
+def one_line(r: dict) -> str:
+    text = (f"{r['server']:<12} {r['trials_per_s']:8.1f} trials/s  "
+            f"Create p50/p99 {r['CreateTrial_p50_ms']:7.1f}/{r['CreateTrial_p99_ms']:7.1f} ms  "
+            f"Update {r['UpdateTrial_p50_ms']:6.1f}/{r['UpdateTrial_p99_ms']:7.1f}  "
+            f"End {r['EndTrial_p50_ms']:6.1f}/{r['EndTrial_p99_ms']:7.1f}  "
+            f"cpu/trial srv {r['server_cpu_per_trial_ms']:5.2f} ms, gen {r['client_cpu_per_trial_ms']:5.2f} ms")
+    if "busy_steady" in r:
+        text += f"  busy {100 * r['busy_steady']:.0f}% (whole run {100 * r['busy_whole']:.0f}%)"
+    if r["ended"] != r["trials"]:
+        text += f"  ENDED {r['ended']} of {r['trials']}"
+    if r["errors"]:
+        text += f"  errors {r['errors']}"
+    if r.get("scrape_max_s") is not None:
+        text += f"  scrape max {1000 * r['scrape_max_s']:.0f} ms"
+    return text
+
+
+def run_restore(trials: int, workdir: Path) -> dict:
+    where = workdir / "restore"
+    where.mkdir()
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_serve", "restore", "--dir", str(where),
+                          "--max-trials", str(trials), "--port", "0"], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                                  PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)])))
+    if out.returncode != 0:
+        raise RuntimeError(f"restore benchmark failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def asha_available() -> bool:
+    return (REPO / "worker" / "asha.py").exists()
+
+
+def run_tuners(workdir: Path, log, workers: int = 64, epoch_seconds: float = 0.2, max_trials: int = 400) -> list[dict]:
+    """Hyperband vs ASHA on ours: busy fraction and best score over time (synthetic objective)."""
+    results = []
+    for tuner in ("hyperband", "asha"):
+        where = workdir / f"tuners-{tuner}"
+        where.mkdir()
+        server = Server("ours", max_trials, where, tuner=tuner,
+                        extra_config={"max_epochs": 27, "hyperband_factor": 3, "early_stopping": False})
+        try:
+            server.wait_ready()
+            time.sleep(0.5)
+            # trial_seconds is per EPOCHS epochs: sleep epoch_seconds per epoch actually run.
+            data = run_clients(server.address, workers, epoch_seconds * EPOCHS, max(2, workers // 64), where)
+        finally:
+            server.stop()
+        ends = sorted(data["ends"])
+        t0 = data["t0"]
+        best, curve = float("-inf"), []
+        for when, score in ends:
+            best = max(best, score)
+            curve.append((when - t0, best))
+        wall = (ends[-1][0] - t0) if ends else float("nan")
+        marks = {}
+        for frac in (0.25, 0.5, 0.75, 1.0):
+            t = frac * wall
+            marks[f"best_at_{int(frac * 100)}pct"] = max((b for w, b in curve if w <= t), default=None)
+        r = {"tuner": tuner, "workers": workers, "trials": len(ends), "wall_s": wall,
+             "busy_whole": busy_fraction(data["busy"], workers, t0, ends[-1][0] if ends else t0),
+             "best": best, **marks, "curve": curve[:: max(1, len(curve) // 50)]}
+        results.append(r)
+        log(f"  {tuner:<10} {len(ends)} trials in {wall:.1f} s, workers busy {100 * r['busy_whole']:.0f}%, "
+            f"best {best:.4f} (at 25/50/75% of the run: "
+            + ", ".join(f"{marks[k]:.4f}" if marks[k] is not None else "-" for k in sorted(marks)) + ")")
+    return results
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} cores, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
+            f"Python {sys.version.split()[0]}")
+
+
+def targets(results: list[dict], restore: dict | None) -> list[tuple[str, str, bool | None]]:
+    def get(scenario, server):
+        return next((r for r in results if r["scenario"] == scenario and r["server"] == server), None)
+
+    out = []
+
+    def check(name, scenario_a, server_a, scenario_b, server_b, key, factor, cmp, unit=""):
+        a, b = get(scenario_a, server_a), get(scenario_b, server_b)
+        if a is None or b is None:
+            out.append((name, "not measured in this run", None))
+            return
+        ratio = a[key] / b[key] if b[key] else float("inf")
+        ok = ratio >= factor if cmp == ">=" else ratio <= factor
+        out.append((name, f"{a[key]:.3g}{unit} vs {b[key]:.3g}{unit}: {ratio:.2f}x (need {cmp} {factor}x)", ok))
+
+    check("trials/s at 16 workers, 8,000 trials >= 10x stock", "16x8000", "ours", "16x8000", "stock",
+          "trials_per_s", 10, ">=")
+    check("trials/s at 16 workers, 8,000 trials >= 0.6x do-nothing", "16x8000", "ours", "16x8000", "null",
+          "trials_per_s", 0.6, ">=")
+    check("flat cost: ours at 8,000 trials >= 0.8x ours at 1,000", "16x8000", "ours", "16x1000", "ours",
+          "trials_per_s", 0.8, ">=")
+    check("CreateTrial p99 at 64 workers <= 2x do-nothing", "64x2000", "ours", "64x2000", "null",
+          "CreateTrial_p99_ms", 2, "<=", " ms")
+    check("512 workers, 2-s trials: busy >= 0.9x do-nothing", "512x3000x2s", "ours", "512x3000x2s", "null",
+          "busy_steady", 0.9, ">=")
+    if restore is not None:
+        out.append((f"restore of a {restore['trials']:,}-trial search <= 3 s", f"{restore['restore_seconds']:.2f} s",
+                    restore["restore_seconds"] <= 3.0))
+    else:
+        out.append(("restore of a 10,000-trial search <= 3 s", "not measured in this run", None))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", help=f"comma-separated WORKERSxTRIALS[xSECONDSs] (default {','.join(SCENARIOS)})")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
+    parser.add_argument("--client-procs", type=int, help="load generator processes (default: 1 per 64 workers, >= 2)")
+    parser.add_argument("--restore-trials", type=int, default=10_000, help="0 to skip the restore measurement")
+    parser.add_argument("--tuners", choices=("auto", "on", "off"), default="auto",
+                        help="hyperband vs asha at 64 workers (auto: when worker/asha.py exists)")
+    parser.add_argument("--quick", action="store_true", help=f"scaled-down scenarios ({','.join(QUICK_SCENARIOS)})")
+    parser.add_argument("--json", help="also write every result to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs, journals)")
+    args = parser.parse_args(argv)
+
+    scenarios = (args.scenarios.split(",") if args.scenarios else list(QUICK_SCENARIOS if args.quick else SCENARIOS))
+    servers = args.servers.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="chief-bench-"))
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    log(f"chief_bench: {machine()}; work dir {workdir}")
+    started = time.monotonic()
+    results = []
+    for name in scenarios:
+        workers, trials, seconds = parse_scenario(name)
+        log(f"{name}: {workers} workers, {trials} trials, trial length {seconds:g} s")
+        results.extend(run_scenario(name, servers, args.client_procs, workdir, log))
+    restore = None
+    if args.restore_trials:
+        log(f"restore: ClusterOracle.restore() of a {args.restore_trials}-trial search")
+        restore = run_restore(args.restore_trials, workdir)
+        log(f"  restore {restore['restore_seconds']:.2f} s (state files {restore['files']}; "
+            f"built in-process in {restore['build_seconds']:.1f} s)")
+    tuners = None
+    if args.tuners == "on" or (args.tuners == "auto" and asha_available()):
+        log("tuners: hyperband vs asha, 64 workers, 0.2 s epochs, ours")
+        tuners = run_tuners(workdir, log)
+    elif args.tuners == "auto":
+        log("tuners: worker/asha.py does not exist yet: hyperband vs asha not measured")
+    log(f"\ntargets ({machine()}):")
+    verdicts = targets(results, restore)
+    for name, detail, ok in verdicts:
+        log(f"  [{'met' if ok else 'NOT met' if ok is False else '-'}] {name}: {detail}")
+    log(f"total {time.monotonic() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results, "restore": restore,
+                                               "tuners": tuners, "targets": verdicts}, indent=1))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def hidden_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="role", required=True)
+    client = sub.add_parser("_client")
+    client.add_argument("--address", required=True)
+    client.add_argument("--first", type=int, required=True)
+    client.add_argument("--count", type=int, required=True)
+    client.add_argument("--trial-seconds", type=float, default=0.0)
+    client.add_argument("--out", required=True)
+    serve = sub.add_parser("_serve")
+    serve.add_argument("kind", choices=("stock", "null", "restore"))
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--dir", required=True)
+    serve.add_argument("--max-trials", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.role == "_client":
+        client_main(args)
+    else:
+        {"stock": serve_stock, "null": serve_null, "restore": serve_restore}[args.kind](args)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("_client", "_serve"):
+        sys.exit(hidden_main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""ASHA: promotions as soon as a rung has enough results, the top 1/eta only, warm-start
+hyperparameters, no IDLE while the budget lasts, small JSON state; and one real 2-worker search."""
+
+import json
+
+import keras_tuner
+import pytest
+from keras_tuner.src.engine import trial as trial_module
+
+from chief.oracle import cluster_oracle_class
+from worker.asha import ASHAOracle, rung_epochs
+from worker.config import ConfigError, from_dict
+from worker.tuner import make_oracle
+
+Status = trial_module.TrialStatus
+
+
+def make(max_trials=50, min_epochs=1, max_epochs=9, eta=3, seed=1, tmp_path=None):
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 1, 10_000)
+    hp.Choice("activation", ["relu", "elu"])
+    oracle = ASHAOracle(objective=keras_tuner.Objective("val_f1", "max"), max_trials=max_trials,
+                        min_epochs=min_epochs, max_epochs=max_epochs, eta=eta, hyperparameters=hp, seed=seed)
+    if tmp_path is not None:
+        oracle._set_project_dir(str(tmp_path), "search")
+    return oracle
+
+
+@pytest.fixture
+def oracle(tmp_path):
+    return make(tmp_path=tmp_path)
+
+
+def finish(oracle, trial, score, status=Status.COMPLETED):
+    if status == Status.COMPLETED:
+        oracle.update_trial(trial.trial_id, {"val_f1": score}, step=trial.hyperparameters.values["tuner/epochs"] - 1)
+    trial.status = status
+    oracle.end_trial(trial)
+
+
+def values(trial):
+    return trial.hyperparameters.values
+
+
+def test_rungs_grow_by_eta_and_end_at_max_epochs():
+    assert rung_epochs(1, 9, 3) == [1, 3, 9]
+    assert rung_epochs(1, 20, 3) == [1, 3, 9, 20]
+    assert rung_epochs(2, 3, 2) == [2, 3]
+    assert rung_epochs(4, 4, 3) == [4]
+
+
+def test_new_trials_start_at_rung_zero_with_distinct_configurations(oracle):
+    trials = [oracle.create_trial(f"w{i}") for i in range(5)]
+    assert all(t.status == Status.RUNNING for t in trials)
+    for t in trials:
+        assert (values(t)["tuner/epochs"], values(t)["tuner/initial_epoch"], values(t)["tuner/round"]) == (1, 0, 0)
+        assert "tuner/trial_id" not in values(t)
+    assert len({(values(t)["units"], values(t)["activation"]) for t in trials}) == 5
+
+
+def test_promotion_happens_as_soon_as_a_rung_has_eta_results(oracle):
+    a, b, c, d = (oracle.create_trial(f"w{i}") for i in range(4))
+    finish(oracle, a, 0.2)
+    finish(oracle, b, 0.9)
+    nxt = oracle.create_trial("w0")  # 2 results at rung 0: floor(2/3) = 0 promotable
+    assert "tuner/trial_id" not in values(nxt)
+    finish(oracle, c, 0.5)  # 3 results: the best one goes up, while d is still running
+    promoted = oracle.create_trial("w1")
+    assert values(promoted)["tuner/trial_id"] == b.trial_id
+    assert promoted.trial_id not in (a.trial_id, b.trial_id, c.trial_id)
+
+
+def test_promoted_trial_carries_the_warm_start_hyperparameters(oracle):
+    first = [oracle.create_trial(f"w{i}") for i in range(3)]
+    for t, score in zip(first, (0.1, 0.7, 0.3)):
+        finish(oracle, t, score)
+    promoted = oracle.create_trial("w0")
+    parent = first[1]
+    expected = {k: v for k, v in values(parent).items() if not k.startswith("tuner/")}
+    assert {k: v for k, v in values(promoted).items() if not k.startswith("tuner/")} == expected
+    assert values(promoted)["tuner/trial_id"] == parent.trial_id
+    assert values(promoted)["tuner/epochs"] == 3 and values(promoted)["tuner/initial_epoch"] == 1
+    assert values(promoted)["tuner/bracket"] == 0 and values(promoted)["tuner/round"] == 1
+
+
+def test_only_the_top_third_is_promoted_and_each_trial_once(oracle):
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    first = [oracle.create_trial(f"w{i}") for i in range(9)]
+    for t, s in zip(first, scores):
+        finish(oracle, t, s)
+    parents = []
+    for i in range(5):
+        t = oracle.create_trial(f"x{i}")
+        parents.append(values(t).get("tuner/trial_id"))
+    by_id = {t.trial_id: s for t, s in zip(first, scores)}
+    # floor(9/3) = 3 promotions, best first, then new configurations at rung 0.
+    assert [by_id.get(p) for p in parents[:3]] == [0.9, 0.8, 0.7]
+    assert parents[3:] == [None, None]
+
+
+def test_highest_rung_is_promoted_first(oracle):  # rungs [1, 3, 9]
+    base = [oracle.create_trial(f"w{i}") for i in range(12)]
+    for i, t in enumerate(base[:9]):
+        finish(oracle, t, i / 10)
+    middle = [oracle.create_trial(f"m{i}") for i in range(3)]  # the top 3 of 9 go to rung 1
+    assert [values(t)["tuner/round"] for t in middle] == [1, 1, 1]
+    for t, s in zip(middle, (0.5, 0.95, 0.6)):
+        finish(oracle, t, s)
+    for t in base[9:]:  # rung 0 now has 12 results: a 4th promotion is due there too
+        finish(oracle, t, 0.05)
+    up = oracle.create_trial("x0")
+    assert values(up)["tuner/round"] == 2 and values(up)["tuner/trial_id"] == middle[1].trial_id
+    assert (values(up)["tuner/initial_epoch"], values(up)["tuner/epochs"]) == (3, 9)
+    again = oracle.create_trial("x1")
+    assert values(again)["tuner/round"] == 1 and values(again)["tuner/trial_id"] == base[5].trial_id
+
+
+def test_top_rung_is_never_promoted(tmp_path):
+    oracle = make(max_epochs=3, eta=3, tmp_path=tmp_path)  # rungs [1, 3]
+    first = [oracle.create_trial(f"w{i}") for i in range(3)]
+    for t, s in zip(first, (0.3, 0.2, 0.1)):
+        finish(oracle, t, s)
+    top = oracle.create_trial("w0")
+    assert values(top)["tuner/round"] == 1 and values(top)["tuner/epochs"] == 3
+    finish(oracle, top, 0.99)
+    more = [oracle.create_trial(f"y{i}") for i in range(4)]
+    assert all(values(t)["tuner/round"] == 0 for t in more)
+
+
+def test_failed_trials_are_never_promoted(oracle):
+    first = [oracle.create_trial(f"w{i}") for i in range(3)]
+    finish(oracle, first[0], 0.0, status=Status.FAILED)
+    finish(oracle, first[1], 0.5)
+    finish(oracle, first[2], 0.4)
+    assert values(oracle.create_trial("w0")).get("tuner/trial_id") is None  # 2 completed < eta
+
+
+def test_never_idle_while_the_budget_lasts_then_stopped(tmp_path):
+    oracle = make(max_trials=7, tmp_path=tmp_path)
+    running = [oracle.create_trial(f"w{i}") for i in range(7)]  # nothing finished: still no IDLE
+    assert [t.status for t in running] == [Status.RUNNING] * 7
+    assert oracle.create_trial("late").status == Status.STOPPED
+    assert len(oracle.trials) == 7
+
+
+def test_budget_counts_promoted_trials(tmp_path):
+    oracle = make(max_trials=10, tmp_path=tmp_path)
+    made = 0
+    while True:
+        t = oracle.create_trial("w0")
+        if t.status != Status.RUNNING:
+            break
+        made += 1
+        finish(oracle, t, (made * 37 % 11) / 11)
+    assert t.status == Status.STOPPED and made == len(oracle.trials) == 10
+    promoted = [x for x in oracle.trials.values() if "tuner/trial_id" in values(x)]
+    assert promoted and all(values(x)["tuner/round"] >= 1 for x in promoted)
+
+
+def test_min_direction_promotes_the_lowest_scores(tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 1, 1000)
+    oracle = ASHAOracle(objective=keras_tuner.Objective("val_loss", "min"), max_trials=20, max_epochs=4,
+                        eta=2, hyperparameters=hp, seed=3)
+    oracle._set_project_dir(str(tmp_path), "search")
+    a, b = oracle.create_trial("w0"), oracle.create_trial("w1")
+    for t, s in ((a, 0.9), (b, 0.1)):
+        oracle.update_trial(t.trial_id, {"val_loss": s})
+        t.status = Status.COMPLETED
+        oracle.end_trial(t)
+    assert values(oracle.create_trial("w0"))["tuner/trial_id"] == b.trial_id
+
+
+def test_state_is_small_json_and_round_trips(tmp_path):
+    oracle = make(tmp_path=tmp_path)
+    first = [oracle.create_trial(f"w{i}") for i in range(6)]
+    for t, s in zip(first, (0.1, 0.9, 0.3, 0.4, 0.5, 0.6)):
+        finish(oracle, t, s)
+    promoted = oracle.create_trial("w0")  # the 0.9 one: rung 0 has 6 results, top 2
+    state = json.loads(json.dumps(oracle.get_state()))
+    assert {k: state[k] for k in ("min_epochs", "max_epochs", "eta")} == {"min_epochs": 1, "max_epochs": 9, "eta": 3}
+    ours = set(state) - set(keras_tuner.Oracle.get_state(oracle))
+    assert ours == {"min_epochs", "max_epochs", "eta"}  # nothing per trial
+
+    # As keras-tuner's reload and the chief's journal do: trials first, then set_state.
+    fresh = make(tmp_path=tmp_path, seed=99)
+    fresh.trials = {tid: trial_module.Trial.from_state(json.loads(json.dumps(t.get_state())))
+                    for tid, t in oracle.trials.items()}
+    fresh.set_state(state)
+    nxt_a, nxt_b = oracle.create_trial("w1"), fresh.create_trial("w1")
+    assert values(nxt_b)["tuner/trial_id"] == values(nxt_a)["tuner/trial_id"] == first[5].trial_id
+    assert values(promoted)["tuner/trial_id"] == first[1].trial_id
+    # The same seed state samples the same next configuration, and no promotion repeats.
+    assert values(oracle.create_trial("w2")) == values(fresh.create_trial("w2"))
+    assert "tuner/trial_id" not in values(fresh.create_trial("w3"))
+
+
+def test_chief_wrapped_oracle_restores_asha_from_its_journal(tmp_path):
+    config = from_dict({"tuner": "asha", "max_trials": 12, "max_epochs": 4, "hyperband_factor": 2, "seed": 5})
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 1, 1000)
+
+    def chief():
+        oracle = make_oracle(config, cluster_oracle_class)
+        oracle.hyperparameters = hp.copy()
+        oracle._set_project_dir(str(tmp_path), "search")
+        oracle.setup_cluster(tmp_path / "state", 60.0, 100.0, early_stopping=False)
+        return oracle
+
+    one = chief()
+    one.save()
+    a, b = one.create_trial("w0", "s"), one.create_trial("w1", "s")
+    for t, s in ((a, 0.2), (b, 0.8)):
+        one.update_trial(t.trial_id, {"val_f1": s}, tuner_id=None)
+        t.status = Status.COMPLETED
+        one.end_trial(t)
+    promoted = one.create_trial("w0", "s")
+    assert values(promoted)["tuner/trial_id"] == b.trial_id and values(promoted)["tuner/epochs"] == 2
+    two = chief()
+    assert two.restore()
+    assert isinstance(two, ASHAOracle) and two.eta == 2
+    nxt = two.create_trial("w1", "s")  # b is promoted already and a is not in the top half
+    assert "tuner/trial_id" not in values(nxt) and values(nxt)["tuner/round"] == 0
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"tuner": "asha", "min_epochs": 5, "max_epochs": 4}, "min_epochs"),
+    ({"tuner": "asha", "min_epochs": 0}, "min_epochs"),
+    ({"tuner": "asha", "hyperband_factor": 1}, "hyperband_factor"),
+])
+def test_asha_config_is_validated(raw, field):
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    assert str(err.value).startswith(field + ":")
+
+
+def test_asha_config_defaults_and_early_stopping_off():
+    config = from_dict({"tuner": "asha"})
+    assert config.min_epochs == 1 and not config.early_stopping_on
+    oracle = make_oracle(config)
+    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [1, 3, 9, 20] and oracle.max_trials == 10
+
+
+def test_two_worker_search_completes_with_a_warm_started_promotion(cluster):
+    # eta 2: the second rung-0 result already promotes one trial, whichever worker finishes first.
+    c = cluster(config={"tuner": "asha", "max_trials": 4, "max_epochs": 3, "min_epochs": 1,
+                        "hyperband_factor": 2, "seed": 3})
+    c.start_chief()
+    c.start_worker(0)
+    c.start_worker(1)
+    assert c.wait_exit("chief", timeout=600) == 0, c.tail("chief")
+    trials = {t["trial_id"]: t for t in c.trial_files()}
+    assert len(trials) == 4 and {t["status"] for t in trials.values()} == {"COMPLETED"}
+    rungs = rung_epochs(1, 3, 2)  # [1, 2, 3]
+    promoted = [t for t in trials.values() if "tuner/trial_id" in t["hyperparameters"]["values"]]
+    assert promoted, [t["hyperparameters"]["values"] for t in trials.values()]
+    for child in promoted:
+        hps = child["hyperparameters"]["values"]
+        parent = trials[hps["tuner/trial_id"]]
+        parent_hps = parent["hyperparameters"]["values"]
+        assert parent["status"] == "COMPLETED"
+        assert hps["tuner/round"] == parent_hps["tuner/round"] + 1
+        assert (hps["tuner/initial_epoch"], hps["tuner/epochs"]) == tuple(rungs[hps["tuner/round"] - 1:][:2])
+        assert hps["tuner/initial_epoch"] == parent_hps["tuner/epochs"]
+        assert {k: v for k, v in hps.items() if not k.startswith("tuner/")} == \
+               {k: v for k, v in parent_hps.items() if not k.startswith("tuner/")}
+        # It trained only the epochs after its parent's, starting from the parent's checkpoint.
+        steps = [o["step"] for o in child["metrics"]["metrics"]["val_f1"]["observations"]]
+        assert steps == list(range(hps["tuner/initial_epoch"], hps["tuner/epochs"]))
+        assert list((c.results / "ktc-search" / f"trial_{parent['trial_id']}").glob("checkpoint*"))
+    for name in ("worker-0", "worker-1"):
+        assert c.wait_exit(name, timeout=60) == 0, c.tail(name)

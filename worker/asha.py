@@ -1,0 +1,152 @@
+"""Asynchronous successive halving (ASHA; Li et al., "A System for Massively Parallel
+Hyperparameter Tuning", MLSys 2020, arXiv:1810.05934 from 2018) as a keras-tuner `Oracle`.
+
+Rungs are trained for r, r*eta, r*eta^2, ... epochs, the last one capped at R (`min_epochs`,
+`max_epochs`, `eta`). Whenever a worker asks for a trial, `populate_space`:
+
+1. looks for a promotable trial, highest rung first: one that COMPLETED at rung k, is among the
+   best floor(n_k / eta) of the n_k trials completed at rung k, and has not been promoted yet.
+   It comes back as a NEW trial with the same hyperparameters plus keras-tuner's Hyperband
+   conventions, so `worker.tuner.ClusterTuner` warm-starts it from the parent's checkpoint:
+   `tuner/epochs` = epochs of rung k+1, `tuner/initial_epoch` = epochs of rung k,
+   `tuner/trial_id` = the parent, `tuner/bracket` = 0, `tuner/round` = k+1;
+2. otherwise samples a new random configuration at rung 0 (`tuner/epochs` = r,
+   `tuner/initial_epoch` = 0, `tuner/round` = 0).
+
+It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
+Hyperband's brackets); the only exception is a search space with no unseen configuration left,
+where it waits (IDLE) for running trials that may make a promotion possible, or stops. Once
+`max_trials` trials exist it answers STOPPED.
+
+State: `get_state()` adds three numbers to keras-tuner's Oracle state (min_epochs, max_epochs,
+eta) and nothing per trial. Rung results and promotions are derived from the trials themselves
+(each promoted trial names its parent in `tuner/trial_id`, its rung in `tuner/round`), which
+the chief's journal and keras-tuner's `reload()` both restore before `set_state`; the index is
+rebuilt lazily from `self.trials` after `set_state`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import keras_tuner
+from keras_tuner.src.engine import trial as trial_module
+
+TrialStatus = trial_module.TrialStatus
+TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id", "tuner/bracket", "tuner/round")
+
+
+def rung_epochs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
+    """Epochs of each rung: min_epochs * eta**k below max_epochs, then max_epochs itself."""
+    rungs, epochs = [], min_epochs
+    while epochs < max_epochs:
+        rungs.append(epochs)
+        epochs *= eta
+    return rungs + [max_epochs]
+
+
+class ASHAOracle(keras_tuner.Oracle):
+    """Asynchronous successive halving over random configurations."""
+
+    def __init__(self, objective=None, max_trials: int | None = None, min_epochs: int = 1,
+                 max_epochs: int = 20, eta: int = 3, seed: int | None = None, hyperparameters=None,
+                 allow_new_entries: bool = True, tune_new_entries: bool = True,
+                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3):
+        if min_epochs < 1 or max_epochs < min_epochs:
+            raise ValueError(f"ASHA needs 1 <= min_epochs <= max_epochs, got {min_epochs} and {max_epochs}")
+        if eta < 2:
+            raise ValueError(f"ASHA's reduction factor eta must be >= 2, got {eta}")
+        super().__init__(objective=objective, max_trials=max_trials, hyperparameters=hyperparameters,
+                         allow_new_entries=allow_new_entries, tune_new_entries=tune_new_entries, seed=seed,
+                         max_retries_per_trial=max_retries_per_trial,
+                         max_consecutive_failed_trials=max_consecutive_failed_trials)
+        self.min_epochs, self.max_epochs, self.eta = min_epochs, max_epochs, eta
+        self._index_stale = True
+        self._results: list[dict[str, float]] = []  # per rung: trial id -> score, completed trials only
+        self._promoted: set[str] = set()  # ids of trials that already have a promoted child
+
+    @property
+    def rungs(self) -> list[int]:
+        return rung_epochs(self.min_epochs, self.max_epochs, self.eta)
+
+    # --- the index of rung results, derived from the trials ----------------------------------
+
+    def _index(self) -> tuple[list[dict[str, float]], set[str]]:
+        if self._index_stale:
+            self._results = [{} for _ in self.rungs]
+            self._promoted = set()
+            for trial in self.trials.values():
+                self._note_created(trial)
+                self._note_ended(trial)
+            self._index_stale = False
+        return self._results, self._promoted
+
+    def _note_created(self, trial: trial_module.Trial) -> None:
+        parent = trial.hyperparameters.values.get("tuner/trial_id")
+        if parent is not None:
+            self._promoted.add(parent)
+
+    def _note_ended(self, trial: trial_module.Trial) -> None:
+        rung = trial.hyperparameters.values.get("tuner/round")
+        if (trial.status == TrialStatus.COMPLETED and trial.score is not None
+                and rung is not None and 0 <= rung < len(self._results)):
+            self._results[rung][trial.trial_id] = trial.score
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial: trial_module.Trial) -> None:
+        super().end_trial(trial)
+        if not self._index_stale:
+            self._note_ended(self.trials[trial.trial_id])
+
+    # --- choosing the next trial -------------------------------------------------------------
+
+    def promotable(self) -> tuple[str, int] | None:
+        """(trial id, its rung) of the best trial waiting for promotion, highest rung first."""
+        results, promoted = self._index()
+        for rung in reversed(range(len(results) - 1)):
+            scores = results[rung]
+            top = len(scores) // self.eta
+            if top == 0:
+                continue
+            ranked = sorted(scores, key=scores.__getitem__, reverse=self.objective.direction == "max")
+            for trial_id in ranked[:top]:
+                if trial_id not in promoted:
+                    return trial_id, rung
+        return None
+
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        if self.max_trials and len(self.trials) >= self.max_trials:
+            return {"status": TrialStatus.STOPPED}
+        rungs = self.rungs
+        found = self.promotable()
+        if found is not None:
+            parent_id, rung = found
+            parent = self.trials[parent_id]
+            values = {k: v for k, v in parent.hyperparameters.values.items() if k not in TUNER_KEYS}
+            values.update({"tuner/epochs": rungs[rung + 1], "tuner/initial_epoch": rungs[rung],
+                           "tuner/trial_id": parent_id, "tuner/bracket": 0, "tuner/round": rung + 1})
+            self._promoted.add(parent_id)
+            return {"status": TrialStatus.RUNNING, "values": values}
+        values = self._random_values()
+        if values is None:  # every configuration of the space has been sampled
+            return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
+        values.update({"tuner/epochs": rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
+        return {"status": TrialStatus.RUNNING, "values": values}
+
+    def _compute_values_hash(self, values: dict[str, Any]) -> str:
+        """Hash the configuration only, so a sampled configuration is never sampled again."""
+        values = {k: v for k, v in copy.copy(values).items() if not k.startswith("tuner/")}
+        return super()._compute_values_hash(values)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state.update({"min_epochs": self.min_epochs, "max_epochs": self.max_epochs, "eta": self.eta})
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self.min_epochs, self.max_epochs, self.eta = state["min_epochs"], state["max_epochs"], state["eta"]
+        self._index_stale = True
