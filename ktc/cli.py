@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from worker.config import TUNERS, ConfigError, SearchConfig, load
+from worker.data.layout import DatasetError
 
 DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, DatasetError) as exc:
         print(f"ktc {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -122,3 +122,33 @@ def test_stock_keras_tuner_worker_completes_a_search_against_an_insecure_chief(c
     assert c.wait_exit("chief", timeout=60) == 0, c.tail("chief")
     trials = c.trial_files()
     assert len(trials) == 2 and {t["status"] for t in trials} == {"COMPLETED"}
+
+
+def test_status_command_shows_progress_and_json(chief):
+    base = [sys.executable, "-m", "ktc", "status", "--chief", chief.address, "--auth-token-file", str(chief.token_path)]
+    text = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert "trials" in text.stdout and "best:" in text.stdout
+    as_json = subprocess.run(base + ["--json"], capture_output=True, text=True, timeout=120)
+    import json
+    assert json.loads(as_json.stdout)["max_trials"] == 2
+
+
+def test_status_command_with_a_wrong_token_says_unauthenticated(chief, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong-token-0123456789")
+    out = subprocess.run([sys.executable, "-m", "ktc", "status", "--chief", chief.address, "--auth-token-file",
+                          str(wrong)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
+
+
+def test_missing_token_file_names_the_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ktc", "status", "--auth-token-file", str(tmp_path / "no-token")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no-token" in out.stderr
+
+
+def test_chief_with_a_bad_hypermodel_fails_before_serving_naming_it(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ktc", "chief", "--insecure", "--hypermodel", "nope.mod:build",
+                          "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "nope.mod:build" in out.stderr

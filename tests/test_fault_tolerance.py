@@ -100,3 +100,33 @@ def test_a_trial_that_raises_fails_with_its_message_and_the_search_ends_clearly(
     trials = c.trial_files()
     assert len(trials) == 2 and {t["status"] for t in trials} == {"FAILED"}
     assert all(str(corrupt) in t["message"] for t in trials)
+
+
+def test_median_rule_stops_a_real_worker_trial_early(cluster):
+    """Three trials reported at val_f1 0.99 every epoch set the median no tiny U-Net reaches; the
+    next trial a real worker trains is told to stop after its first epoch and recorded so."""
+    from worker.client import ChiefClient
+    from harness import TOKEN
+
+    c = cluster(config={"max_trials": 4, "epochs": 6, "early_stopping": True})
+    c.start_chief("--linger")
+    c.wait_for(lambda s: True, timeout=120, what="chief up")
+
+    class LocalOracle:  # what ChiefClient borrows from a tuner's oracle
+        objective = max_trials = None
+
+    prior = ChiefClient(LocalOracle(), c.address, "prior-worker", TOKEN)
+    for _ in range(3):
+        trial = prior.create_trial("prior-worker")
+        for epoch in range(6):
+            prior.update_trial(trial.trial_id, {"val_f1": 0.99}, step=epoch)
+        trial.status = "COMPLETED"
+        prior.end_trial(trial)
+    prior.close()
+    c.start_worker(0)
+    c.wait_for(lambda s: s["done"], what="search done")
+    stopped = [t for t in c.trial_files() if t.get("stopped_early")]
+    assert len(stopped) == 1 and stopped[0]["status"] == "COMPLETED"
+    assert max(val_f1_steps(stopped[0])) < 5, "it ran all its epochs"
+    assert "ktc_chief_trials_stopped_early_total 1.0" in c.scrape(c.chief_metrics_port)
+    assert f"trial {stopped[0]['trial_id']}: stopped_early" in c.tail("worker-0", 400)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 ModelBuilder = Callable[[keras_tuner.HyperParameters], keras.Model]
 
 
-class HypermodelError(ValueError):
+class HypermodelError(ConfigError):
     """A `--hypermodel package.module:function` spec that cannot be used; the message names it."""
 
 
