@@ -3,22 +3,26 @@
 
 Not part of the test run. From the repository root, in the project's virtualenv:
 
-    python benchmarks/pipeline_bench.py                       # 256 synthetic scans at 64 and 256 px (~5 min on 2 cores)
+    python benchmarks/pipeline_bench.py                       # 256 synthetic scans at 64 and 256 px (~6 min on 2 cores)
     python benchmarks/pipeline_bench.py --sizes 64 --json out.json
 
 For each image size it generates (once, cached under --data-dir) a synthetic dataset with
 `worker.data.synth` (seed 0, 3 classes, 75% train), then measures in one process, with
 TensorFlow's default threads (all cores, as a worker pod has):
 
-  pipeline   batches/s of `worker.data.pipeline.datasets(config)`'s train set alone: read the PNGs,
-             decode, check, resize, batch, prefetch; iterated after a warm-up of a few batches.
+  pipeline   batches/s of `worker.data.pipeline.datasets(config)`'s train set alone, streaming from
+             disk (`data.cache_mb: 0`, so every batch is read and decoded, as in a trial's first
+             epoch or for a set too large to cache): read the PNGs, decode, check, resize, batch,
+             prefetch; iterated after a warm-up of a few batches.
   train      batches/s `model.fit` consumes with the data already in memory (one epoch of batches
              taken from the pipeline into a cached in-memory dataset): the default U-Net at the
              article's middle settings (start_neurons 32, net_depth 4, elu, no dropout, BN before
              the activation), Adam, the weighted BCE and the four pixel metrics; the first epoch
              (tracing) is not timed.
-  fed        the same fit, fed by the pipeline from disk: equal to `train` when the pipeline keeps
-             up (both share the same cores here, as they do on a worker).
+  fed        the same fit fed by the pipeline as a worker runs it (default `data.cache_mb`: decoded
+             once and then served from memory when the set fits; timed after one full pass), and
+             `streamed` with `cache_mb: 0`. Equal to `train` when the pipeline keeps up; all
+             share the same cores here, as on a CPU worker.
 
 and reports images/s for each and the ratio pipeline/train (target: >= 5x at the default 64 px).
 Files are read from the page cache after the first pass, as on a node that has read them once;
@@ -29,7 +33,9 @@ stays well above 1.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import sys
 import time
@@ -74,6 +80,8 @@ def dataset(data_dir: Path, count: int, size: int) -> Path:
 
 
 def pipeline_rate(config: SearchConfig, batches: int, min_seconds: float, warmup: int = 5) -> dict:
+    config = copy.deepcopy(config)
+    config.data.cache_mb = 0  # decode every batch: the rate of the disk path
     train, _, steps, _ = pipeline.datasets(config)
     it = iter(train)
     for _ in range(warmup):
@@ -95,11 +103,11 @@ def build_model(config: SearchConfig, start_neurons: int, net_depth: int) -> ker
 
 
 def train_rate(config: SearchConfig, data: tf.data.Dataset, steps: int, epochs: int,
-               start_neurons: int, net_depth: int) -> dict:
+               start_neurons: int, net_depth: int, warmup: int = 1) -> dict:
     model = build_model(config, start_neurons, net_depth)
     timer = EpochTimer()
-    model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-    seconds = sum(timer.seconds[1:])  # the first epoch traces and compiles
+    model.fit(data, epochs=warmup + epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    seconds = sum(timer.seconds[warmup:])  # the first epoch traces and compiles
     n = steps * epochs
     return {"batches": n, "seconds": seconds, "batches_per_s": n / seconds,
             "images_per_s": n * config.batch_size / seconds, "params": model.count_params()}
@@ -119,22 +127,31 @@ def run(size: int, args) -> dict:
     config.data.path = str(dataset(Path(args.data_dir), args.count, size))
     config.data.image_size = size
     pipe = pipeline_rate(config, args.pipeline_batches, args.min_seconds)
-    print(f"  pipeline alone      {pipe['images_per_s']:8.1f} images/s ({pipe['batches_per_s']:.1f} batches/s)",
-          flush=True)
+    print(f"  pipeline alone      {pipe['images_per_s']:8.1f} images/s ({pipe['batches_per_s']:.1f} batches/s, "
+          f"streaming from disk)", flush=True)
     # Steps per timed epoch: --train-steps at 64 px, fewer for larger images (a step costs ~size**2).
-    steps = max(4, min(pipe["steps_per_epoch"], round(args.train_steps * (64 / size) ** 2)))
-    train = train_rate(config, in_memory(config, steps), steps, args.train_epochs, args.start_neurons, args.net_depth)
+    per_pass = pipe["steps_per_epoch"]
+    steps = max(4, min(per_pass, round(args.train_steps * (64 / size) ** 2)))
+    common = (steps, args.train_epochs, args.start_neurons, args.net_depth)
+    train = train_rate(config, in_memory(config, steps), *common)
     print(f"  training (memory)   {train['images_per_s']:8.1f} images/s ({train['batches_per_s']:.2f} batches/s; "
           f"U-Net {args.start_neurons}/{args.net_depth}, {train['params']:,} parameters)", flush=True)
-    fed_data, _, _, _ = pipeline.datasets(config)
-    fed = train_rate(config, fed_data, steps, args.train_epochs, args.start_neurons, args.net_depth)
-    print(f"  training (from disk){fed['images_per_s']:8.1f} images/s ({fed['batches_per_s']:.2f} batches/s)",
-          flush=True)
+    # As a worker runs it; untimed epochs cover one full pass, after which a cached set is in memory.
+    cached = pipeline.cache_plan(config, 0, per_pass * config.batch_size, len(CLASSES))[1]
+    fed = train_rate(config, pipeline.datasets(config)[0], *common, warmup=math.ceil(per_pass / steps) if cached else 1)
+    print(f"  training (pipeline) {fed['images_per_s']:8.1f} images/s ({fed['batches_per_s']:.2f} batches/s; train set "
+          f"{'decoded once, then cached' if cached else 'streamed'} at cache_mb {config.data.cache_mb})", flush=True)
+    streaming = copy.deepcopy(config)
+    streaming.data.cache_mb = 0
+    stream = train_rate(config, pipeline.datasets(streaming)[0], *common)
+    print(f"  training (streamed) {stream['images_per_s']:8.1f} images/s ({stream['batches_per_s']:.2f} batches/s; "
+          f"cache_mb 0)", flush=True)
     ratio = pipe["images_per_s"] / train["images_per_s"]
-    print(f"  pipeline / training: {ratio:.1f}x; fed from disk / from memory: "
-          f"{fed['images_per_s'] / train['images_per_s']:.2f}", flush=True)
+    print(f"  pipeline / training: {ratio:.1f}x; training fed by the pipeline / from memory: "
+          f"{fed['images_per_s'] / train['images_per_s']:.2f} (streamed: {stream['images_per_s'] / train['images_per_s']:.2f})",
+          flush=True)
     return {"size": size, "count": args.count, "batch_size": args.batch_size, "pipeline": pipe, "train": train,
-            "fed": fed, "ratio": ratio}
+            "fed": fed, "fed_cached": cached, "streamed": stream, "ratio": ratio}
 
 
 def main() -> int:
@@ -154,11 +171,13 @@ def main() -> int:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores, devices "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}, batch {args.batch_size}", flush=True)
     results = [run(int(s), args) for s in args.sizes.split(",")]
-    print("\n| image size | pipeline images/s | training images/s (in memory) | ratio | training fed from disk |")
-    print("|---|---|---|---|---|")
+    print("\n| image size | pipeline alone (disk), images/s | training, data in memory | ratio | "
+          "training fed by the pipeline (default cache_mb) | training, streamed (cache_mb 0) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['size']} px | {r['pipeline']['images_per_s']:.0f} | {r['train']['images_per_s']:.1f} | "
-              f"{r['ratio']:.1f}x | {r['fed']['images_per_s']:.1f} images/s |")
+              f"{r['ratio']:.1f}x | {r['fed']['images_per_s']:.1f} ({'cached' if r['fed_cached'] else 'streamed'}) | "
+              f"{r['streamed']['images_per_s']:.1f} |")
     default = next((r for r in results if r["size"] == SearchConfig().data.image_size), None)
     if default is not None:
         ok = default["ratio"] >= 5

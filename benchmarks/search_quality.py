@@ -78,6 +78,11 @@ def run_tuner(tuner: str, args, data: Path, workdir: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     log.close()
+    if finished and proc.returncode != 0:
+        chief_log = results / "local" / "chief.log"
+        tail = chief_log.read_text(errors="replace").splitlines()[-5:] if chief_log.exists() else []
+        print(f"{tuner}: the search FAILED (ktc local exit {proc.returncode}); chief log ends:\n  "
+              + "\n  ".join(tail), flush=True)
     trials = []
     for path in (results / config["search_id"]).glob("trial_*/trial.json"):
         state = json.loads(path.read_text())
@@ -100,7 +105,7 @@ def run_tuner(tuner: str, args, data: Path, workdir: Path) -> dict:
     return {"tuner": tuner, "trials": len(trials), "epochs": sum(t["epochs"] for t in trials),
             "promoted": sum(1 for t in trials if "tuner/trial_id" in t["hps"]),
             "best": best if trials else None, "marks": marks, "curve": curve, "first_result_s": first,
-            "finished_early": finished, "best_trial": max(trials, key=lambda t: t["score"]) if trials else None}
+            "finished_early": finished, "exit_code": proc.returncode, "best_trial": max(trials, key=lambda t: t["score"]) if trials else None}
 
 
 def plot(results: list[dict], args, path: Path) -> None:
@@ -123,7 +128,7 @@ def plot(results: list[dict], args, path: Path) -> None:
     ax.set_ylabel("best val_f1 so far")
     ax.set_title(f"Search quality: same {args.seconds:.0f} s budget, same space, seed {args.seed}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -141,7 +146,12 @@ def main() -> int:
     p.add_argument("--workdir", default=None, help="default: a fresh directory under /tmp")
     p.add_argument("--plot", default=str(REPO / "docs" / "search_quality.png"))
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--replot", metavar="JSON", help="only redraw the plot from a previous run's --json")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args, Path(args.plot))
+        print(f"plot: {args.plot}")
+        return 0
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -51,8 +51,8 @@ class ChiefMetrics(Events):
         `labels()` costs a lock and a tuple hash per call, on every RPC the chief serves."""
         pair = self._rpc_children.get((method, code))
         if pair is None:
-            pair = self._rpc_children[(method, code)] = (self.rpc_duration.labels(method=method),
-                                               self.rpc_requests.labels(method=method, code=code))
+            pair = self._rpc_children[(method, code)] = (
+                self.rpc_duration.labels(method=method), self.rpc_requests.labels(method=method, code=code))
         pair[0].observe(seconds)
         pair[1].inc()
 

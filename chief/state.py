@@ -90,6 +90,7 @@ class Journal:
         self.generation = 0
         self.records = 0
         self._handle = None
+        self._held: list[bytes] | None = None  # lines kept for one write, between hold() and release()
 
     def load(self) -> Replayed:
         snapshot_path = self.directory / SNAPSHOT
@@ -125,11 +126,27 @@ class Journal:
         self._write("{" + json.dumps(key) + ":" + value_json + "}")
 
     def _write(self, line: str) -> None:
+        self.records += 1
+        if self._held is not None:
+            self._held.append(line.encode() + b"\n")
+            return
         if self._handle is None:
             self._handle = open(self._journal_path(), "ab")
         self._handle.write(line.encode() + b"\n")
         self._handle.flush()  # in the OS's hands: survives a kill of this process
-        self.records += 1
+
+    def hold(self) -> None:
+        """Keep the next records in memory until `release()` writes them in one go (one call's
+        records: the caller releases before it reports the call done)."""
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            if self._handle is None:
+                self._handle = open(self._journal_path(), "ab")
+            self._handle.write(b"".join(held))
+            self._handle.flush()
 
     def snapshot(self, state: Replayed, encoded_trials: list[str] | None = None) -> None:
         """Fold everything into a snapshot of the next generation, then drop the old journal.
@@ -137,6 +154,10 @@ class Journal:
         `encoded_trials`, the JSON text of each trial's state in start order, replaces
         `state.trials` (the caller keeps ended trials encoded; re-encoding them all was most of a
         snapshot's cost)."""
+        held = self._held is not None
+        self.release()  # records made before the snapshot belong to the journal it replaces
+        if held:
+            self.hold()
         old = self._journal_path()
         self.generation += 1
         body = state.to_snapshot()

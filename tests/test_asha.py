@@ -9,8 +9,8 @@ from keras_tuner.src.engine import trial as trial_module
 
 from chief.oracle import cluster_oracle_class
 from worker.asha import ASHAOracle, rung_epochs
-from worker.config import ConfigError, from_dict
-from worker.tuner import make_oracle
+from worker.config import TUNERS, ConfigError, from_dict
+from worker.tuner import ORACLES, make_oracle
 
 Status = trial_module.TrialStatus
 
@@ -270,3 +270,10 @@ def test_two_worker_search_completes_with_a_warm_started_promotion(cluster):
         assert list((c.results / "ktc-search" / f"trial_{parent['trial_id']}").glob("checkpoint*"))
     for name in ("worker-0", "worker-1"):
         assert c.wait_exit(name, timeout=60) == 0, c.tail(name)
+
+
+@pytest.mark.parametrize("tuner", TUNERS)
+def test_every_tuner_builds_its_oracle_for_the_chief(tuner):
+    """Each registered tuner starts (`bayesian` needs scipy and scikit-learn installed)."""
+    oracle = make_oracle(from_dict({"tuner": tuner, "max_trials": 5}), cluster_oracle_class)
+    assert isinstance(oracle, ORACLES[tuner]) and oracle.max_trials == 5

@@ -9,7 +9,7 @@ from PIL import Image
 
 from worker.config import DataConfig, SearchConfig
 from worker.data.layout import DatasetError, list_examples
-from worker.data.pipeline import (DataError, bad_file_in, datasets, explain_data_errors, find_bad_file,
+from worker.data.pipeline import (DataError, bad_file_in, cache_plan, datasets, explain_data_errors, find_bad_file,
                                   positive_fractions)
 from worker.data.synth import DEFAULT_CLASSES, generate
 
@@ -187,3 +187,59 @@ def test_keras_fit_runs_many_epochs_without_running_out_of_data(root):
                             validation_steps=val_steps, verbose=0, shuffle=False)
     assert len(history.history["val_loss"]) == 5
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def _batches(dataset, count=None):
+    return [(x.numpy(), y.numpy()) for x, y in (dataset.take(count) if count else dataset)]
+
+
+def test_small_splits_are_decoded_once_and_then_served_from_memory(root):
+    train, val, steps, _ = datasets(_config(root))  # 10 + 4 pages of 32 px: well under cache_mb
+    first_val = _batches(val)
+    it = iter(train)
+    for _ in range(steps + 1):  # one full pass fills the train cache
+        next(it)
+    for path in (root / "train/images").iterdir():
+        path.unlink()
+    for path in (root / "val/images").iterdir():
+        path.unlink()
+    assert len(_batches(val)) == len(first_val)  # no file is read again
+    next(it)
+
+
+def test_cached_and_streamed_pipelines_yield_the_same_batches_in_the_same_order(root):
+    cached, cached_val, steps, _ = datasets(_config(root))
+    streamed, streamed_val, _, _ = datasets(_config(root, cache_mb=0))
+    for (a, ma), (b, mb) in zip(_batches(cached, 3 * steps), _batches(streamed, 3 * steps)):  # 3 reshuffled passes
+        assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    for (a, _), (b, _) in zip(_batches(cached_val), _batches(streamed_val)):
+        assert np.array_equal(a, b)
+
+
+def test_splits_larger_than_cache_mb_stream_from_disk(root):
+    _, val, _, _ = datasets(_config(root, cache_mb=0))
+    _batches(val)
+    for path in (root / "val/images").iterdir():
+        path.unlink()
+    with pytest.raises(tf.errors.NotFoundError):
+        _batches(val)
+
+
+def test_validation_steps_below_one_pass_cache_only_what_is_read(root):
+    generate(root.parent / "more", 24, 32, CLASSES, seed=2)  # 18 train, 6 val pages
+    config = _config(root.parent / "more", validation_steps=1)
+    _, val, _, _ = datasets(config)
+    first = _batches(val)
+    for path in sorted((root.parent / "more/val/images").iterdir())[:4]:
+        path.unlink()
+    second = _batches(val)
+    assert len(first) == len(second) == 1 and np.array_equal(first[0][0], second[0][0])
+
+
+def test_cache_budget_takes_val_first_then_train_if_it_fits_too():
+    config = _config(Path("unused"), image_size=64, cache_mb=1)  # 64*64*(3+3)*4 bytes: 10 examples fit in 1 MiB
+    assert cache_plan(config, 4, 6, len(CLASSES)) == (True, True)
+    assert cache_plan(config, 4, 7, len(CLASSES)) == (True, False)
+    assert cache_plan(config, 11, 2, len(CLASSES)) == (False, True)
+    config.data.cache_mb = 0
+    assert cache_plan(config, 1, 1, len(CLASSES)) == (False, False)

@@ -52,6 +52,7 @@ class DataConfig:
     validation_steps: int | None = None
     shuffle_buffer: int = 64
     parallel_calls: int | None = None  # None: tf.data AUTOTUNE
+    cache_mb: int = 512  # decoded val, then train examples that fit stay in memory after one pass; 0: never
 
 
 @dataclass
@@ -246,6 +247,7 @@ def validate(c: SearchConfig) -> None:
         value = getattr(d, name)
         check(value is None or value >= 1, f"data.{name}", f"must be >= 1 when set, got {value}")
     check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    check(d.cache_mb >= 0, "data.cache_mb", f"must be >= 0 (0: never cache), got {d.cache_mb}")
     _validate_space(c.space, check)
 
 

@@ -53,6 +53,13 @@ def datasets(config: SearchConfig) -> tuple[tf.data.Dataset, tf.data.Dataset, in
     (file paths, so a buffer as large as the set costs little memory; seeded by config.seed)
     and repeats forever, so steps_per_epoch defines an epoch. The
     validation set yields exactly validation_steps batches, the same ones every epoch.
+
+    Splits whose decoded examples (float32, after resizing) fit in `data.cache_mb` MiB, the
+    validation examples first, then the train set, are decoded once and then served from
+    memory: later epochs, and every validation pass, no longer decode PNGs on the cores that
+    train (on CPU, concurrent decoding slows big training steps down far more than its own
+    cost). What does not fit streams from disk. Either way the batches are the same, in the
+    same order.
     """
     root, batch = config.data_dir, config.batch_size
     classes = check_classes(root, config.data.classes)
@@ -62,21 +69,34 @@ def datasets(config: SearchConfig) -> tuple[tf.data.Dataset, tf.data.Dataset, in
     val_steps = config.data.validation_steps or math.ceil(len(val_examples) / batch)
     parallel = config.data.parallel_calls or tf.data.AUTOTUNE
     load = _loader(config.data.image_size, config.data.channels, len(classes))
-    train = (_paths(train_examples)
-             .shuffle(config.data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-             .repeat()
-             .map(load, num_parallel_calls=parallel)
-             .batch(batch, drop_remainder=True)
-             .prefetch(tf.data.AUTOTUNE))
+    # Only the examples validation reads: a cache must be read to its end to be kept.
+    val_examples = val_examples[:val_steps * batch]
+    cache_val, cache_train = cache_plan(config, len(val_examples), len(train_examples), len(classes))
+    shuffle = dict(buffer_size=config.data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    if cache_train:
+        # Shuffling decoded examples with the same seed gives the order shuffling paths gives.
+        train = _paths(train_examples).map(load, num_parallel_calls=parallel).cache().shuffle(**shuffle).repeat()
+    else:
+        train = _paths(train_examples).shuffle(**shuffle).repeat().map(load, num_parallel_calls=parallel)
+    train = train.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    val = _paths(val_examples).map(load, num_parallel_calls=parallel)
+    if cache_val:
+        val = val.cache()
     # Batch before repeat so every validation pass starts at the first example; take() keeps
     # it finite, so Keras restarts it each epoch and evaluate(val) ends.
-    val = (_paths(val_examples)
-           .map(load, num_parallel_calls=parallel)
-           .batch(batch)
-           .repeat()
-           .take(val_steps)
-           .prefetch(tf.data.AUTOTUNE))
+    val = val.batch(batch).repeat().take(val_steps).prefetch(tf.data.AUTOTUNE)
     return train, val, steps, val_steps
+
+
+def cache_plan(config: SearchConfig, val_examples: int, train_examples: int, num_classes: int) -> tuple[bool, bool]:
+    """(cache val, cache train): what fits in data.cache_mb MiB of decoded float32 examples, val first."""
+    size = config.data.image_size
+    per_example = size * size * (config.data.channels + num_classes) * 4
+    budget = config.data.cache_mb * 2**20
+    cache_val = val_examples * per_example <= budget
+    if cache_val:
+        budget -= val_examples * per_example
+    return cache_val, train_examples * per_example <= budget
 
 
 @contextlib.contextmanager
