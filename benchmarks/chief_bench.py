@@ -3,8 +3,8 @@
 
 Not part of the test run. Run from the repository root, in the project's virtualenv:
 
-    python benchmarks/chief_bench.py                 # the full run (~10-15 minutes on 2 cores)
-    python benchmarks/chief_bench.py --quick         # a scaled-down smoke run (~2 minutes)
+    python benchmarks/chief_bench.py                 # the full run (~13 minutes on 2 cores)
+    python benchmarks/chief_bench.py --quick         # a scaled-down smoke run (~5 minutes)
     python benchmarks/chief_bench.py --scenarios 16x8000 --servers ours,null --json out.json
 
 What it measures

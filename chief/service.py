@@ -256,17 +256,7 @@ def build_server(oracle, metrics: ChiefMetrics, address: str, token: str | None,
     interceptors = [TokenAuth(token, metrics)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=options)
-    svc = OracleService(oracle, metrics)
-    import os as _os
-    if _os.environ.get("KTC_EXP_POOL"):
-        pool = futures.ThreadPoolExecutor(max_workers=int(_os.environ["KTC_EXP_POOL"]), thread_name_prefix="oracle")
-        for name in _os.environ.get("KTC_EXP_METHODS", "UpdateTrial,EndTrial").split(","):
-            bound = getattr(svc, name)
-            def fn(request, context, bound=bound):
-                return bound(request, context)
-            fn.experimental_thread_pool = pool
-            setattr(svc, name, fn)
-    protos.get_service_grpc().add_OracleServicer_to_server(svc, server)
+    protos.get_service_grpc().add_OracleServicer_to_server(OracleService(oracle, metrics), server)
     server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
     port = server.add_insecure_port(address)
     if port == 0:

@@ -3,8 +3,10 @@
 keras-tuner rewrites `oracle.json` (every trial id and hash) on each CreateTrial and EndTrial, so a
 call costs more as the search grows, and a kill mid-write tears the file. Here each change is one
 JSON line appended to `journal-<generation>.jsonl`; a torn last line (the process died mid-write)
-is dropped on replay. A snapshot folds the journal into `snapshot.json` (written to a temporary
-file, fsynced, renamed) and starts the next generation, so restart time stays bounded.
+is dropped on replay. The records of one call are written and flushed together before the call
+returns (`hold`/`release`), so a completed call survives a kill. A snapshot folds the journal
+into `snapshot.json` (written to a temporary file, fsynced, renamed) and starts the next
+generation, so restart time stays bounded.
 """
 
 from __future__ import annotations
