@@ -3,7 +3,7 @@
 
 Not part of the test run. From the repository root, in the project's virtualenv:
 
-    python benchmarks/pipeline_bench.py                       # 256 synthetic scans at 64 and 256 px (~6 min on 2 cores)
+    python benchmarks/pipeline_bench.py                       # 256 synthetic scans at 64 and 256 px (~6-8 min on 2 cores)
     python benchmarks/pipeline_bench.py --sizes 64 --json out.json
 
 For each image size it generates (once, cached under --data-dir) a synthetic dataset with

@@ -3,7 +3,7 @@
 
 Not part of the test run. From the repository root, in the project's virtualenv (needs matplotlib):
 
-    python benchmarks/search_quality.py                          # 4 tuners x 210 s (~18 min on 2 cores)
+    python benchmarks/search_quality.py                          # 4 tuners x 210 s (~15 min on 2 cores)
     python benchmarks/search_quality.py --seconds 60 --tuners asha,random --plot /tmp/sq.png
 
 Every tuner gets the same budget: `--seconds` of wall time of `ktc local --workers 2` (the
@@ -114,7 +114,7 @@ def plot(results: list[dict], args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=120)
     for r in results:
         if not r["curve"]:
             continue
@@ -128,7 +128,7 @@ def plot(results: list[dict], args, path: Path) -> None:
     ax.set_ylabel("best val_f1 so far")
     ax.set_title(f"Search quality: same {args.seconds:.0f} s budget, same space, seed {args.seed}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -55,7 +55,7 @@ RATE_INTERVAL = "15s"
 # each would leave a single point in the space), and a short lease so that a frozen worker loses
 # its trial within seconds.
 CONFIG = {
-    "tuner": "random", "max_trials": 3, "epochs": 3, "batch_size": 4, "early_stopping": False,
+    "tuner": "random", "max_trials": 3, "epochs": 4, "batch_size": 4, "early_stopping": False,
     "lease_seconds": LEASE_SECONDS,
     "data": {"image_size": 32},
     "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
@@ -159,7 +159,10 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, worker_
             if port not in pids or not stored.get("data", {}).get("result"):
                 continue
             text = _try_scrape(port)
-            if text and "ktc_worker_epoch_metric{" in text and _freeze_until_lease_expires(pids[port], chief_port):
+            # A worker keeps its last trial's epoch metrics until its next trial starts, so ask
+            # whether it is training now (current epoch >= 0) before freezing it.
+            epoch = _metric(text, "ktc_worker_current_epoch") if text else None
+            if epoch is not None and epoch >= 0 and _freeze_until_lease_expires(pids[port], chief_port):
                 return True
         time.sleep(0.2)
     return False
