@@ -7,7 +7,8 @@ id; the API token comes from `NEPTUNE_API_TOKEN`, where neptune reads it):
 chief    search/{id,tuner,objective,direction,space,config} at start; at the end best/{score,
          trial_id,hyperparameters} and trials/<id>/{status,score,error} for every trial
 worker   trials/<id>/{hyperparameters,tuner_id} when it starts a trial, trials/<id>/metrics/<name>
-         appended every epoch (step = epoch), hardware use under monitoring/<tuner_id>
+         appended every epoch (step = epoch), hardware use under monitoring/<tuner_id>: Neptune's
+         own samples every 10 s plus one at the end of every trial
 
 keras-tuner 1.4 has no `logger=` hook any more, so the worker logs through a Keras callback.
 Logging is best effort: an error from Neptune is a warning, never a failed trial.
@@ -120,6 +121,18 @@ class NeptuneTracker:
                 self.run[f"trials/{trial_id}/metrics/{name}"].append(value, step=epoch)
 
     @_best_effort
+    def sample_hardware(self) -> None:
+        """Append one CPU and memory sample to the series Neptune's monitor keeps for this worker.
+
+        Neptune samples every 10 s and drops zero readings (its first CPU reading is always 0), so
+        a worker whose trials are shorter than that would show no hardware use at all."""
+        import psutil
+
+        ns, memory = f"monitoring/{self.tuner_id}", psutil.virtual_memory()
+        self.run[f"{ns}/cpu"].append(psutil.cpu_percent())
+        self.run[f"{ns}/memory"].append((memory.total - memory.available) / 2**30)  # GiB, as Neptune's gauge
+
+    @_best_effort
     def finish(self, oracle) -> None:
         """The search is over: every trial's outcome and the best trial; then close the run."""
         try:
@@ -155,3 +168,6 @@ class NeptuneCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.tracker.epoch_ended(self.trial_id, epoch, logs or {})
+
+    def on_train_end(self, logs=None) -> None:
+        self.tracker.sample_hardware()
