@@ -75,7 +75,8 @@ OBJECTIVE = "score"
 EPOCHS = 5
 RPCS = ("CreateTrial", "UpdateTrial", "EndTrial")
 SCRAPE_SECONDS = 10.0
-SERVERS = ("stock", "ours", "ours-noauth", "null")
+NULL_THREADS = 64  # the sync do-nothing server of the issue, with the pool our chief had before grpc.aio
+SERVERS = ("stock", "ours", "ours-noauth", "null", "null-aio")
 SCENARIOS = ("16x1000", "16x8000", "64x2000", "512x3000x2s")
 QUICK_SCENARIOS = ("16x300", "16x1200", "64x600", "256x600x1s")
 
@@ -308,12 +309,36 @@ def serve_null(args) -> None:
         def EndTrial(self, request, context):
             return messages.EndTrialResponse()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=chief_service.RPC_THREADS, thread_name_prefix="rpc"),
+    if args.kind == "null-aio":
+        import asyncio
+
+        class AsyncNull(protos.get_service_grpc().OracleServicer):
+            pass
+
+        for name in ("GetSpace", "CreateTrial", "UpdateTrial", "EndTrial"):
+            setattr(AsyncNull, name, _as_coroutine(getattr(Null, name)))
+
+        async def serve() -> None:
+            server = grpc.aio.server(options=chief_service.SERVER_OPTIONS)
+            protos.get_service_grpc().add_OracleServicer_to_server(AsyncNull(), server)
+            server.add_insecure_port(f"127.0.0.1:{args.port}")
+            await server.start()
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+        return
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=NULL_THREADS, thread_name_prefix="rpc"),
                          options=chief_service.SERVER_OPTIONS)
     protos.get_service_grpc().add_OracleServicer_to_server(Null(), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     server.wait_for_termination()
+
+
+def _as_coroutine(method):
+    async def handler(self, request, context):
+        return method(self, request, context)
+    return handler
 
 
 def serve_restore(args) -> None:
@@ -398,7 +423,7 @@ class Server:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
                    PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
         me = [sys.executable, str(Path(__file__).resolve())]
-        if kind in ("stock", "null"):
+        if kind in ("stock", "null", "null-aio"):
             cmd = me + ["_serve", kind, "--port", str(self.port), "--dir", str(self.dir),
                         "--max-trials", str(max_trials)]
             env["KERASTUNER_TUNER_ID"] = "chief"
@@ -759,7 +784,7 @@ def hidden_main(argv: list[str]) -> int:
     client.add_argument("--trial-seconds", type=float, default=0.0)
     client.add_argument("--out", required=True)
     serve = sub.add_parser("_serve")
-    serve.add_argument("kind", choices=("stock", "null", "restore"))
+    serve.add_argument("kind", choices=("stock", "null", "null-aio", "restore"))
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--dir", required=True)
     serve.add_argument("--max-trials", type=int, required=True)
@@ -767,7 +792,7 @@ def hidden_main(argv: list[str]) -> int:
     if args.role == "_client":
         client_main(args)
     else:
-        {"stock": serve_stock, "null": serve_null, "restore": serve_restore}[args.kind](args)
+        {"stock": serve_stock, "null": serve_null, "null-aio": serve_null, "restore": serve_restore}[args.kind](args)
     return 0
 
 

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from chief.k8s import scale_to_zero
 from chief.metrics import ChiefMetrics
 from chief.oracle import cluster_oracle_class
-from chief.service import build_server
+from chief.service import ChiefServer
 from worker.config import SearchConfig
 from worker.neptune_tracking import NeptuneTracker
 from worker.tuner import build_tuner
@@ -49,8 +49,9 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     metrics.watch(oracle)
     tracker = NeptuneTracker.for_chief(config, oracle)
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
-    server, port = build_server(oracle, metrics, address, token,
-                                search_info={"search_id": config.search_id, "tuner": config.tuner})
+    server = ChiefServer(oracle, metrics, address, token,
+                         search_info={"search_id": config.search_id, "tuner": config.tuner})
+    port = server.port
     print(f"chief: serving the oracle on {address.rsplit(':', 1)[0]}:{port}, metrics on :{metrics_port}", flush=True)
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
@@ -72,7 +73,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
             terminated.wait()
         return 1 if oracle.failure else 0
     finally:
-        server.stop(grace=2).wait()
+        server.stop(grace=2)
         http_server.shutdown()
         oracle.journal.close()
 

@@ -19,6 +19,7 @@ import functools
 import heapq
 import json
 import logging
+import math
 import threading
 import time
 from datetime import datetime
@@ -31,6 +32,7 @@ from keras_tuner.src.engine import metrics_tracking
 from keras_tuner.src.engine import oracle as kt_oracle
 from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.engine.hyperparameters import hp_types
+from keras_tuner.src.engine.objective import MultiObjective
 
 from chief.early_stopping import MedianStoppingRule
 from chief.leases import LeaseTable
@@ -118,10 +120,40 @@ def guarded(method: Callable) -> Callable:
     return wrapper
 
 
+class SearchSpace(hp_module.HyperParameters):
+    """The oracle's own HyperParameters, with a cheaper `copy()`.
+
+    keras-tuner copies the search space for every new trial through a config round trip, in which
+    Keras' generic deserializer inspects signatures for each hyperparameter (a fifth of a
+    CreateTrial). A deep copy of each one gives the same independent objects in half the time."""
+
+    def copy(self) -> hp_module.HyperParameters:
+        hps = hp_module.HyperParameters()
+        for hp in self.space:  # what `HyperParameters.from_config` does with deserialized ones
+            hp = copy.deepcopy(hp)
+            hps._hps[hp.name].append(hp)
+            hps._space.append(hp)
+        hps.values = dict(self.values)
+        return hps
+
+
 class ClusterOracle:
     """Mixin for a keras-tuner `Oracle`; call `setup_cluster()` after construction."""
 
     _stock_update_trial = False  # set by `cluster_oracle_class`
+
+    @property
+    def hyperparameters(self) -> SearchSpace:
+        return self._search_space
+
+    @hyperparameters.setter
+    def hyperparameters(self, hps: hp_module.HyperParameters) -> None:
+        # keras-tuner assigns it in __init__ and set_state; the objects inside stay the same.
+        if not isinstance(hps, SearchSpace):
+            space = SearchSpace()
+            space.__dict__.update(hps.__dict__)
+            hps = space
+        self._search_space = hps
 
     @functools.cached_property
     def cluster_lock(self) -> threading.RLock:
@@ -192,6 +224,21 @@ class ClusterOracle:
                 trial.metrics.register(name, direction=kt_oracle._maybe_infer_direction_from_objective(
                     self.objective, name))
             trial.metrics.metrics[name].update(float(value), step=step)
+
+    def score_trial(self, trial: trial_module.Trial) -> None:
+        """keras-tuner's score (best value of the objective, first step reaching it), in one pass.
+
+        Its `get_best_value` and `get_best_step` each take a numpy mean of every observation; with
+        one finite value per step (what workers report) that mean is the value itself. Anything else
+        (a multi-objective, repeated steps, NaN) is scored by keras-tuner's own code."""
+        history = trial.metrics.metrics.get(self.objective.name)
+        observations = list(history._observations.values()) if history is not None else []
+        if (isinstance(self.objective, MultiObjective) or not observations
+                or any(len(o.value) != 1 or math.isnan(o.value[0]) for o in observations)):
+            return super().score_trial(trial)
+        pick = min if history.direction == "min" else max
+        best = pick(observations, key=lambda o: o.value[0])  # the first of equals, as keras-tuner's scan
+        trial.score, trial.best_step = best.value[0], best.step
 
     def _save_cluster(self) -> None:
         self.journal.append({"cluster": {"done": self.done, "failure": self.failure}})
@@ -441,7 +488,16 @@ class ClusterOracle:
             self.events.lease_expired(lease.trial_id, lease.tuner_id)
             self._requeue(lease.trial_id, "lease_expired")
             expired.append(lease.trial_id)
+        self._forget_departed_workers()
         return expired
+
+    def _forget_departed_workers(self) -> None:
+        """A worker that holds no trial and has not called for a lease term has left (scaled down,
+        told to stop, lost its lease): forget it, so its per-worker metric series end with it."""
+        horizon = time.time() - self.leases.lease_seconds
+        holding = set(self.ongoing_trials)
+        for tuner_id in [t for t, when in self.last_seen.items() if when < horizon and t not in holding]:
+            del self.last_seen[tuner_id]
 
     # --- read-only views ---------------------------------------------------------------------
 

@@ -3,21 +3,29 @@
 `OracleService` answers keras-tuner 1.4's `keras_tuner.Oracle` RPCs exactly as stock does on the
 wire, but maps bad requests to gRPC status codes instead of crashing, reads our extra metadata
 (session, failure message, early stop) and paces IDLE replies to stock clients, which retry
-without back-off. `coordinator_handler` serves `ktc.Coordinator` (JSON messages).
+without back-off. `CoordinatorService` serves `ktc.Coordinator` (JSON messages).
+
+`ChiefServer` runs them on grpc.aio, one event loop in one thread: every RPC needs the oracle's
+lock anyway, and a thread pool spent most of the chief's CPU handing calls between threads
+(docs/benchmarks.md). Handlers call the oracle directly, so the journal records of a call are
+flushed before its reply is sent, as before; only the stock clients' IDLE pause is awaited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
+import inspect
 import math
+import threading
 import time
-from concurrent import futures
 from typing import Any, Callable
 
 import grpc
 from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
+from keras_tuner.src.engine import metrics_tracking
 from keras_tuner.src.engine import trial as trial_module
 
 from chief.metrics import ChiefMetrics
@@ -38,11 +46,14 @@ def _served(method: str) -> Callable:
     """Time the call, count it by status code, and turn our exceptions into gRPC statuses."""
 
     def decorator(handler: Callable) -> Callable:
+        is_async = inspect.iscoroutinefunction(handler)
+
         @functools.wraps(handler)
-        def wrapper(self, request, context):
+        async def wrapper(self, request, context):
             start, code, detail = time.perf_counter(), grpc.StatusCode.OK, ""
             try:
-                return handler(self, request, context)
+                reply = handler(self, request, context)
+                return await reply if is_async else reply
             except UnknownTrial as exc:
                 code, detail = grpc.StatusCode.NOT_FOUND, f"unknown trial id {exc.args[0]!r}"
             except NotHolder as exc:
@@ -55,7 +66,7 @@ def _served(method: str) -> Callable:
                 code, detail = grpc.StatusCode.INTERNAL, f"{method}: {type(exc).__name__}: {exc}"
             finally:
                 self.metrics.rpc_served(method, code.name, time.perf_counter() - start)
-            context.abort(code, detail)
+            await context.abort(code, detail)
 
         return wrapper
 
@@ -83,31 +94,69 @@ def _check_metrics(metrics) -> dict[str, float]:
     return checked
 
 
+def _extend(proto, tracker: metrics_tracking.MetricsTracker, added: dict[str, float] | None, step: int) -> bool:
+    """Append to a `tracker.to_proto()` of before an update the observations the update `added` at
+    `step`; False (proto left unusable) when that would not give the tracker's proto now."""
+    if added is None:
+        return False
+    for name in added:
+        if name not in proto.metrics:  # a new metric: keras-tuner's map order
+            return False
+        observations = proto.metrics[name].observations
+        observation = tracker.metrics[name]._observations.get(step)
+        if observations and observations[-1].step >= step or observation is None or len(observation.value) != 1:
+            return False  # not a new last step with one value: keras-tuner sorts and merges
+        observations.add(value=observation.value, step=step)
+    return True
+
+
 class OracleService(protos.get_service_grpc().OracleServicer):
     def __init__(self, oracle, metrics: ChiefMetrics):
         self.oracle = oracle
         self.metrics = metrics
         self.messages = protos.get_service()
         self._hp_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its HyperParameters, their proto)
+        self._metrics_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its MetricsTracker, its proto)
 
-    def _trial_proto(self, trial: trial_module.Trial):
-        """`trial.to_proto()`, reusing the proto of the trial's hyperparameters.
+    def _trial_proto(self, trial: trial_module.Trial, added: dict[str, float] | None = None, step: int = 0):
+        """`trial.to_proto()`, reusing what a running trial's previous replies built.
 
-        keras-tuner rebuilds it (every hyperparameter's range and value) for each reply, which made
-        it the largest part of an UpdateTrial. A running trial keeps its HyperParameters object
-        (EndTrial replaces it), so the proto is cached against that very object, held here so its
-        identity cannot be reused; entries go when the trial ends."""
+        keras-tuner rebuilds the proto of every hyperparameter (range and value) and of every metric
+        observation so far for each reply, which made it the largest part of an UpdateTrial, growing
+        with epochs x metrics. A running trial keeps its HyperParameters and MetricsTracker objects
+        (EndTrial replaces them), so their protos are cached against these very objects, held here
+        so their identity cannot be reused; the metrics proto is extended with the observations the
+        UpdateTrial `added` at `step` when that gives what `to_proto()` would. Entries go when the
+        trial ends."""
+        if len(self._hp_protos) > 100_000:  # trials that never ended: a bound, not a policy
+            self._hp_protos.clear()
+            self._metrics_protos.clear()
         hps = trial.hyperparameters
         cached = self._hp_protos.get(trial.trial_id)
         if cached is None or cached[0] is not hps:
-            if len(self._hp_protos) > 100_000:  # trials that never ended: a bound, not a policy
-                self._hp_protos.clear()
             cached = self._hp_protos[trial.trial_id] = (hps, hps.to_proto())
+        metrics = self._metrics_protos.get(trial.trial_id)
+        if metrics is None or metrics[0] is not trial.metrics or not _extend(metrics[1], trial.metrics, added, step):
+            metrics = self._metrics_protos[trial.trial_id] = (trial.metrics, trial.metrics.to_proto())
         score = (protos.get_proto().Trial.Score(value=trial.score, step=trial.best_step)
                  if trial.score is not None else None)
         return protos.get_proto().Trial(trial_id=trial.trial_id, hyperparameters=cached[1], score=score,
                                         status=trial_module.TrialStatus.to_proto(trial.status),
-                                        metrics=trial.metrics.to_proto())
+                                        metrics=metrics[1])
+
+    def _ended_trial(self, proto) -> trial_module.Trial:
+        """`Trial.from_proto` of an EndTrial, reusing the running trial's HyperParameters when the
+        worker sent back the very proto it was given (parsing them was a fifth of an EndTrial).
+        keras-tuner's `end_trial` puts them on the oracle's trial anyway, so it gets the same."""
+        cached = self._hp_protos.get(proto.trial_id)
+        if cached is None or cached[1] != proto.hyperparameters:
+            return trial_module.Trial.from_proto(proto)
+        trial = trial_module.Trial(cached[0], trial_id=proto.trial_id,
+                                   status=trial_module.TrialStatus.from_proto(proto.status))
+        if proto.HasField("score"):
+            trial.score, trial.best_step = proto.score.value, proto.score.step
+        trial.metrics = metrics_tracking.MetricsTracker.from_proto(proto.metrics)
+        return trial
 
     @_served("GetSpace")
     def GetSpace(self, request, context):
@@ -119,12 +168,12 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         return self.messages.UpdateSpaceResponse()
 
     @_served("CreateTrial")
-    def CreateTrial(self, request, context):
+    async def CreateTrial(self, request, context):
         tuner_id = protocol.check_id(request.tuner_id, "tuner_id")
         _, session, _ = _caller(context)
         trial = self.oracle.create_trial(tuner_id, session=session)
         if trial.status == trial_module.TrialStatus.IDLE and session is None:
-            time.sleep(STOCK_IDLE_PAUSE_SECONDS)  # stock workers retry IDLE at once, in a busy loop
+            await asyncio.sleep(STOCK_IDLE_PAUSE_SECONDS)  # stock workers retry IDLE at once, in a busy loop
         if trial.status != trial_module.TrialStatus.RUNNING:
             return self.messages.CreateTrialResponse(trial=trial.to_proto())
         return self.messages.CreateTrialResponse(trial=self._trial_proto(trial))
@@ -133,9 +182,9 @@ class OracleService(protos.get_service_grpc().OracleServicer):
     def UpdateTrial(self, request, context):
         tuner_id, session, _ = _caller(context)
         trial_id = protocol.check_id(request.trial_id, "trial_id")
-        trial = self.oracle.update_trial(trial_id, _check_metrics(request.metrics), step=request.step,
-                                         tuner_id=tuner_id, session=session)
-        proto = self._trial_proto(trial)
+        metrics = _check_metrics(request.metrics)
+        trial = self.oracle.update_trial(trial_id, metrics, step=request.step, tuner_id=tuner_id, session=session)
+        proto = self._trial_proto(trial, metrics, request.step)
         if trial_id in self.oracle.stop_requested:
             proto.status = trial_module.TrialStatus.to_proto(trial_module.TrialStatus.STOPPED)
         return self.messages.UpdateTrialResponse(trial=proto)
@@ -144,7 +193,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
     def EndTrial(self, request, context):
         tuner_id, session, metadata = _caller(context)
         protocol.check_id(request.trial.trial_id, "trial.trial_id")
-        trial = trial_module.Trial.from_proto(request.trial)
+        trial = self._ended_trial(request.trial)
         if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.INVALID,
                                 trial_module.TrialStatus.FAILED):
             raise BadRequest(f"trial.status must be COMPLETED, INVALID or FAILED, got {trial.status}")
@@ -154,6 +203,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         self.oracle.end_trial(trial, tuner_id=tuner_id, session=session,
                               stopped_early=metadata.get(protocol.STOPPED_EARLY) == "1")
         self._hp_protos.pop(trial.trial_id, None)
+        self._metrics_protos.pop(trial.trial_id, None)
         return self.messages.EndTrialResponse()
 
     @_served("GetTrial")
@@ -212,30 +262,29 @@ class CoordinatorService:
         return grpc.method_handlers_generic_handler(protocol.COORDINATOR_SERVICE, handlers)
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):
     """Every call must carry `authorization: Bearer <token>`; others get UNAUTHENTICATED."""
 
     def __init__(self, token: str, metrics: ChiefMetrics):
         self._expected = f"Bearer {token}".encode()
         self._metrics = metrics
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         for key, value in handler_call_details.invocation_metadata or ():
             if key == protocol.AUTHORIZATION and hmac.compare_digest(str(value).encode(), self._expected):
-                return continuation(handler_call_details)
+                return await continuation(handler_call_details)
         method = KNOWN_METHODS.get(handler_call_details.method, "unknown")
         self._metrics.rpc_requests.labels(method=method, code=grpc.StatusCode.UNAUTHENTICATED.name).inc()
         return _DENY
 
 
-def _deny(request, context):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (see --auth-token-file)")
+async def _deny(request, context):
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (see --auth-token-file)")
 
 
 _DENY = grpc.unary_unary_rpc_method_handler(_deny)
 
 
-RPC_THREADS = 64
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
@@ -249,17 +298,46 @@ SERVER_OPTIONS = [
 ]
 
 
-def build_server(oracle, metrics: ChiefMetrics, address: str, token: str | None,
-                 search_info: dict[str, Any], max_workers: int = RPC_THREADS) -> tuple[grpc.Server, int]:
-    """A started server; returns it and the port it bound (useful with port 0)."""
-    options = SERVER_OPTIONS
-    interceptors = [TokenAuth(token, metrics)] if token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                         interceptors=interceptors, options=options)
-    protos.get_service_grpc().add_OracleServicer_to_server(OracleService(oracle, metrics), server)
-    server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind the chief's gRPC port at {address}")
-    server.start()
-    return server, port
+class ChiefServer:
+    """The started gRPC server, serving from its own event-loop thread; `port` is the bound port."""
+
+    def __init__(self, oracle, metrics: ChiefMetrics, address: str, token: str | None,
+                 search_info: dict[str, Any]):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rpc", daemon=True)
+        self._thread.start()
+        try:
+            self.port = self._run(self._start(oracle, metrics, address, token, search_info))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _start(self, oracle, metrics, address, token, search_info) -> int:
+        # Created inside the loop: a grpc.aio server belongs to the loop it was made in.
+        self._server = grpc.aio.server(interceptors=[TokenAuth(token, metrics)] if token else [],
+                                       options=SERVER_OPTIONS)
+        protos.get_service_grpc().add_OracleServicer_to_server(OracleService(oracle, metrics), self._server)
+        self._server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
+        try:
+            port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc raises where older versions returned 0
+            raise OSError(f"cannot bind the chief's gRPC port at {address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot bind the chief's gRPC port at {address}")
+        await self._server.start()
+        return port
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, give running ones `grace` seconds, then close the loop."""
+        try:
+            self._run(self._server.stop(grace), timeout=grace + 10)
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -24,9 +24,13 @@ def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
     """Write a whole file or nothing: a reader never sees a torn file.
 
     `fsync` makes it survive a power loss too; without it, it survives a kill of the process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    try:
+        handle = open(tmp, "wb")
+    except FileNotFoundError:  # creating the folder only when missing saves a system call per trial
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(tmp, "wb")
+    with handle:
         handle.write(data.encode() if isinstance(data, str) else data)
         handle.flush()
         if fsync:

@@ -75,6 +75,21 @@ def test_bad_requests_get_status_codes_and_the_chief_keeps_serving(chief):
     assert chief.procs["chief"].poll() is None
 
 
+def test_hyperparameters_a_worker_adds_during_its_trial_are_kept(chief):
+    from keras_tuner.src.engine import trial as trial_module
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    a, tuner = chief.address, [(protocol.TUNER_ID, "hp-adder")]
+    trial = oracle_call(a, "CreateTrial", {"tuner_id": "hp-adder"}).trial
+    hps = HyperParameters.from_proto(trial.hyperparameters)
+    hps.Int("added_in_build", 3, 9)  # as a hypermodel does when it meets a new hyperparameter
+    oracle_call(a, "UpdateTrial", {"trial_id": trial.trial_id, "metrics": {"val_f1": 0.5}, "step": 0}, metadata=tuner)
+    ended = trial_module.Trial(hps, trial_id=trial.trial_id, status=trial_module.TrialStatus.COMPLETED).to_proto()
+    oracle_call(a, "EndTrial", {"trial": ended}, metadata=tuner)
+    kept = HyperParameters.from_proto(oracle_call(a, "GetTrial", {"trial_id": trial.trial_id}).trial.hyperparameters)
+    assert kept.values == hps.values and kept.values["added_in_build"] == 3
+
+
 def test_chief_refuses_to_start_without_auth_or_insecure(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ktc", "chief"], capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
