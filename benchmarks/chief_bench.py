@@ -3,7 +3,7 @@
 
 Not part of the test run. Run from the repository root, in the project's virtualenv:
 
-    python benchmarks/chief_bench.py                 # the full run (~13 minutes on 2 cores)
+    python benchmarks/chief_bench.py                 # the full run (~15 minutes on 2 cores)
     python benchmarks/chief_bench.py --quick         # a scaled-down smoke run (~5 minutes)
     python benchmarks/chief_bench.py --scenarios 16x8000 --servers ours,null --json out.json
 
@@ -24,8 +24,11 @@ Servers, each started fresh for every scenario in its own subprocess, on loopbac
                lease expiry loop, journal) with `--auth-token-file`, tuner `random` (so the median
                early-stopping rule is on, its default), scraped every 10 s as Prometheus would.
   ours-noauth  the same with `--insecure`.
-  null         a do-nothing `OracleServicer` answering from canned protos, with our server's
-               options and thread pool: the ceiling of this machine (load generator included).
+  null         a do-nothing `OracleServicer` answering from canned protos: a synchronous gRPC
+               server with a 64-thread pool, as the issue's do-nothing server (and our chief before
+               it moved to grpc.aio): the ceiling of this machine (load generator included).
+  null-aio     the same servicer on a grpc.aio server (one event loop), as our chief now serves:
+               the ceiling of that transport here.
 All use the same tiny search space (a log-uniform float and an int).
 
 Reported per (scenario, server): trials/s (trials ended / time from the start signal to the last
@@ -36,7 +39,9 @@ the whole-run figure is also given), and CPU seconds per trial of the server and
 generator (read from /proc and `time.process_time`). Then the restart case:
 `ClusterOracle.restore()` timed on the state of a search of 10,000 ended trials (built by driving
 the oracle in-process), once just after a compaction and once with a full journal to replay (the
-worst case of the compaction policy). When `worker/asha.py` exists (tuner "asha"), Hyperband and
+worst case of the compaction policy). Then the hand-back (`--no-handback` skips it): two
+production clients pass a one-trial search back and forth on `ktc chief`, and the time from a
+HandBack reply until the other worker's CreateTrial returns the trial is recorded. When `worker/asha.py` exists (tuner "asha"), Hyperband and
 ASHA are compared at 64 workers on a synthetic objective: busy fraction and best score over time.
 
 Load generator: workers are threads in `--client-procs` processes (default: one per 64 workers,
@@ -629,6 +634,53 @@ def run_restore(trials: int, workdir: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_handback(workdir: Path, rounds: int = 20) -> dict:
+    """Seconds from a HandBack reply until another worker's CreateTrial hands it the trial.
+
+    Two workers (`worker.client.ChiefClient`, the production client) share a one-trial search on
+    `ktc chief` and pass the trial back and forth: the holder keeps it a random 0.5-3 s, so the
+    waiter is anywhere in its IDLE back-off (`worker.runner.IDLE_BACKOFF`), then hands it back."""
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # worker.runner imports TensorFlow
+    from worker.client import ChiefClient
+    from worker.runner import IDLE_BACKOFF
+
+    (workdir / "handback").mkdir()
+    server = Server("ours", 1, workdir / "handback")
+    delays: list[float] = []
+    try:
+        server.wait_ready()
+        settings = types.SimpleNamespace(objective=None, max_trials=1)
+        clients = [ChiefClient(settings, server.address, f"worker-{i}", TOKEN) for i in range(2)]
+        holder, waiter = clients
+        trial = holder.create_trial(holder.tuner_id)
+        rng = random.Random(0)
+        for _ in range(rounds):
+            taken: list[float] = []
+
+            def wait_for_it(client=waiter) -> None:
+                pause = IDLE_BACKOFF[0]
+                while client.create_trial(client.tuner_id).status != "RUNNING":
+                    time.sleep(pause)
+                    pause = min(pause * 2, IDLE_BACKOFF[1])
+                taken.append(time.perf_counter())
+
+            polling = threading.Thread(target=wait_for_it)
+            polling.start()
+            time.sleep(rng.uniform(0.5, 3.0))
+            assert holder.hand_back(trial.trial_id, timeout=10), "hand-back refused"
+            handed = time.perf_counter()
+            polling.join(30)
+            delays.append(taken[0] - handed)
+            holder, waiter = waiter, holder
+        for client in clients:
+            client.close()
+    finally:
+        server.stop()
+    delays.sort()
+    return {"rounds": rounds, "p50_s": percentile(delays, 50), "max_s": delays[-1], "idle_backoff_s": IDLE_BACKOFF}
+
+
 def asha_available() -> bool:
     return (REPO / "worker" / "asha.py").exists()
 
@@ -727,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-trials", type=int, default=10_000, help="0 to skip the restore measurement")
     parser.add_argument("--tuners", choices=("auto", "on", "off"), default="auto",
                         help="hyperband vs asha at 64 workers (auto: when worker/asha.py exists)")
+    parser.add_argument("--handback", action=argparse.BooleanOptionalAction, default=True,
+                        help="time a hand-back until another worker takes the trial")
     parser.add_argument("--quick", action="store_true", help=f"scaled-down scenarios ({','.join(QUICK_SCENARIOS)})")
     parser.add_argument("--json", help="also write every result to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs, journals)")
@@ -753,6 +807,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  restore {restore['restore_seconds_best']:.2f} s just after a compaction "
             f"(files {restore['files_best']}), {restore['restore_seconds_worst']:.2f} s with a full journal "
             f"(files {restore['files_worst']}); the {restore['trials']:,} trials took {restore['build_seconds']:.1f} s in-process")
+    handback = None
+    if args.handback:
+        log("hand-back: a trial handed back, until another worker's CreateTrial gets it (20 rounds)")
+        handback = run_handback(workdir)
+        log(f"  p50 {handback['p50_s']:.2f} s, max {handback['max_s']:.2f} s "
+            f"(waiting workers poll every {handback['idle_backoff_s'][0]:g} s doubling to {handback['idle_backoff_s'][1]:g} s)")
     tuners = None
     if args.tuners == "on" or (args.tuners == "auto" and asha_available()):
         log("tuners: hyperband vs asha on ours, 64 workers, 1 s epochs, 300 trials, max_epochs 27, factor 3")
@@ -766,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"total {time.monotonic() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "results": results, "restore": restore,
-                                               "tuners": tuners, "targets": verdicts}, indent=1))
+                                               "handback": handback, "tuners": tuners, "targets": verdicts}, indent=1))
     if not args.keep:
         import shutil
 

@@ -8,7 +8,8 @@ statuses, requeue reasons, tuner ids (one per worker) and the ids of the top `TO
 
 from __future__ import annotations
 
-from typing import Iterator
+import re
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -72,6 +73,28 @@ class ChiefMetrics(Events):
         self.registry.register(OracleCollector(oracle))
 
 
+def hp_label(name: str) -> str:
+    """A hyperparameter's label name: `hp_` + its name with anything Prometheus forbids as `_`."""
+    return "hp_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def hyperparameters_info(top_trials: list[tuple[str, float, dict[str, Any]]]) -> GaugeMetricFamily:
+    """One series per top trial (bounded: TOP_TRIALS), its hyperparameter values as labels; a
+    hyperparameter a trial lacks (inactive under a condition) is an empty label."""
+    labels: dict[str, str] = {}  # hyperparameter name -> its label, unique ("a-b" and "a_b" both exist)
+    for name in sorted({n for _, _, values in top_trials for n in values}):
+        label = hp_label(name)
+        while label in labels.values():
+            label += "_"
+        labels[name] = label
+    info = GaugeMetricFamily("ktc_chief_trial_hyperparameters_info",
+                             f"Hyperparameters of the best {TOP_TRIALS} completed trials, as labels hp_<name>; value 1.",
+                             labels=["trial_id", *labels.values()])
+    for trial_id, _, values in top_trials:
+        info.add_metric([trial_id, *(str(values.get(name, "")) for name in labels)], 1)
+    return info
+
+
 class OracleCollector(Collector):
     """Search state read from the oracle at scrape time."""
 
@@ -93,11 +116,21 @@ class OracleCollector(Collector):
         best = status["best"]
         if best is not None and best["score"] is not None:
             yield GaugeMetricFamily("ktc_chief_best_objective", "Best objective value so far.", value=best["score"])
+        top_trials = self.oracle.top_trials(TOP_TRIALS)
         top = GaugeMetricFamily("ktc_chief_trial_objective", f"Objective of the best {TOP_TRIALS} completed trials.",
                                 labels=["trial_id"])
-        for trial_id, score in self.oracle.top_scores(TOP_TRIALS):
+        for trial_id, score, _ in top_trials:
             top.add_metric([trial_id], score)
         yield top
+        yield hyperparameters_info(top_trials)
+        setbacks = GaugeMetricFamily(
+            "ktc_chief_trial_setback_info",
+            f"The latest {TOP_TRIALS} trials that failed, are invalid (to be retried) or stopped early, "
+            "with their error's first line; value 1.",
+            labels=["trial_id", "status", "reason"])
+        for trial_id, outcome, reason in self.oracle.recent_setbacks(TOP_TRIALS):
+            setbacks.add_metric([trial_id, outcome, reason], 1)
+        yield setbacks
         epoch = GaugeMetricFamily("ktc_chief_running_trial_epoch", "Last epoch each running trial reported (0-based).",
                                   labels=["trial_id", "tuner_id"])
         for running in status["running"]:

@@ -120,6 +120,9 @@ def guarded(method: Callable) -> Callable:
     return wrapper
 
 
+REASON_CHARS = 200  # of an error message, as a metric label
+
+
 class SearchSpace(hp_module.HyperParameters):
     """The oracle's own HyperParameters, with a cheaper `copy()`.
 
@@ -182,6 +185,7 @@ class ClusterOracle:
         # than re-encode every trial: a snapshot of 10,000 trials then takes milliseconds.
         self._ended_json: dict[str, str] = {}
         self._pending_files: list[tuple[Path, str]] = []  # written by `guarded` after the lock
+        self._journaled_ongoing: dict[str, str] = {}  # `ongoing_trials` as the journal has it
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -201,7 +205,17 @@ class ClusterOracle:
     def save(self) -> None:
         if self._restoring:
             return
-        self.journal.append({"oracle": self._small_state()})
+        state = self._small_state()
+        ongoing, last = state.pop("ongoing_trials"), self._journaled_ongoing
+        record: dict[str, Any] = {"oracle": state}
+        changed = {tuner_id: trial_id for tuner_id, trial_id in ongoing.items() if last.get(tuner_id) != trial_id}
+        dropped = [tuner_id for tuner_id in last if tuner_id not in ongoing]
+        if changed:
+            record["ongoing_set"] = changed
+        if dropped:
+            record["ongoing_drop"] = dropped
+        self._journaled_ongoing = ongoing
+        self.journal.append(record)
 
     def _save_trial(self, trial: trial_module.Trial) -> None:
         # keras-tuner saves the whole trial on every UpdateTrial; `update_trial` journals only what
@@ -275,8 +289,8 @@ class ClusterOracle:
         for trial_id, updates in r.updates.items():
             for metrics, step in updates:
                 self._apply_metrics(self.trials[trial_id], metrics, step)
-        state = dict(r.oracle, start_order=list(r.trials), end_order=r.end_order, run_times=r.run_times,
-                     tried_so_far=[], id_to_hash={}, display=self._display.get_state())
+        state = dict(r.oracle, ongoing_trials=r.ongoing, start_order=list(r.trials), end_order=r.end_order,
+                     run_times=r.run_times, tried_so_far=[], id_to_hash={}, display=self._display.get_state())
         self.set_state(state)
         self._display.search_start = datetime.now()
         self._ended = set(self.end_order)
@@ -313,8 +327,10 @@ class ClusterOracle:
                 if trial_id in self._ended and trial.status in ENDED:  # after a restore
                     self._ended_json[trial_id] = text
             encoded.append(text)
+        oracle = self._small_state()
+        self._journaled_ongoing = oracle.pop("ongoing_trials")
         self.journal.snapshot(Replayed(
-            oracle=self._small_state(),
+            oracle=oracle, ongoing=dict(self._journaled_ongoing),
             end_order=list(self.end_order), run_times=dict(self._run_times),
             cluster={"done": self.done, "failure": self.failure}, stopped_early=set(self.stopped_early)),
             encoded_trials=encoded)
@@ -532,9 +548,28 @@ class ClusterOracle:
         super().update_space(hyperparameters)
 
     @guarded
-    def top_scores(self, count: int) -> list[tuple[str, float]]:
+    def top_trials(self, count: int) -> list[tuple[str, float, dict[str, Any]]]:
+        """(trial id, score, hyperparameter values) of the best `count` completed trials."""
         best = self._best_trials(count)
-        return [(t.trial_id, t.score) for t in best if t.status == TrialStatus.COMPLETED and t.score is not None]
+        return [(t.trial_id, t.score, dict(t.hyperparameters.values))
+                for t in best if t.status == TrialStatus.COMPLETED and t.score is not None]
+
+    @guarded
+    def recent_setbacks(self, count: int) -> list[tuple[str, str, str]]:
+        """(trial id, status, reason) of the latest `count` trials that failed, are invalid (to be
+        retried) or were stopped early, newest first. The reason is the error's first line (ours:
+        "Type: message"), or its last for a bare traceback (a stock keras-tuner worker's)."""
+        setbacks = []
+        for trial in reversed(self.trials.values()):
+            if trial.status in (TrialStatus.FAILED, TrialStatus.INVALID):
+                lines = (trial.message or "").strip().splitlines() or ["(no message)"]
+                reason = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+                setbacks.append((trial.trial_id, trial.status.lower(), reason[:REASON_CHARS]))
+            elif trial.trial_id in self.stopped_early:
+                setbacks.append((trial.trial_id, "stopped_early", "median stopping rule"))
+            if len(setbacks) == count:
+                break
+        return setbacks
 
     @guarded
     def status(self) -> dict[str, Any]:

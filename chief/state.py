@@ -43,7 +43,8 @@ class Replayed:
     """What a journal says, folded: the input of `ClusterOracle.restore`."""
 
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> Trial state, start order
-    oracle: dict[str, Any] | None = None  # the oracle's small state (no per-trial lists)
+    oracle: dict[str, Any] | None = None  # the oracle's small state (no per-trial lists, no ongoing)
+    ongoing: dict[str, str] = field(default_factory=dict)  # tuner id -> trial id of its running trial
     end_order: list[str] = field(default_factory=list)
     run_times: dict[str, int] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)  # kt-cluster's own small state
@@ -60,7 +61,15 @@ class Replayed:
             if record["update"] in self.trials:
                 self.updates.setdefault(record["update"], []).append((record["metrics"], record["step"]))
         elif "oracle" in record:
-            self.oracle = record["oracle"]
+            # Snapshots hold the whole `ongoing_trials` map; journal records only what changed
+            # since the previous record (it has a line per worker: O(workers) per save otherwise).
+            oracle = record["oracle"]
+            if "ongoing_trials" in oracle:
+                self.ongoing = dict(oracle.pop("ongoing_trials"))
+            self.ongoing.update(record.get("ongoing_set", {}))
+            for tuner_id in record.get("ongoing_drop", ()):
+                self.ongoing.pop(tuner_id, None)
+            self.oracle = oracle
         elif "end" in record:
             self.run_times[record["end"]] = record["run_times"]
             if record["final"]:
@@ -71,20 +80,24 @@ class Replayed:
             self.cluster = record["cluster"]
 
     def to_snapshot(self) -> dict[str, Any]:
+        oracle = None if self.oracle is None else dict(self.oracle, ongoing_trials=self.ongoing)
         return {
-            "trials": list(self.trials.values()), "oracle": self.oracle, "end_order": self.end_order,
+            "trials": list(self.trials.values()), "oracle": oracle, "end_order": self.end_order,
             "run_times": self.run_times, "cluster": self.cluster, "stopped_early": sorted(self.stopped_early),
             "updates": self.updates,
         }
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> "Replayed":
-        return cls(
-            trials={t["trial_id"]: t for t in data["trials"]}, oracle=data["oracle"],
+        replayed = cls(
+            trials={t["trial_id"]: t for t in data["trials"]},
             end_order=list(data["end_order"]), run_times=dict(data["run_times"]),
             cluster=dict(data["cluster"]), stopped_early=set(data["stopped_early"]),
             updates={k: [tuple(u) for u in v] for k, v in data.get("updates", {}).items()},
         )
+        if data["oracle"] is not None:
+            replayed.apply({"oracle": data["oracle"]})
+        return replayed
 
 
 class Journal:

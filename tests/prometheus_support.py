@@ -46,6 +46,9 @@ MAY_BE_EMPTY = {
     ("ktc-workers", "GPU utilisation (DCGM)", "A"):
         "DCGM_FI_DEV_GPU_UTIL comes from NVIDIA's dcgm-exporter, which runs only on GPU nodes; "
         "this machine and CI have no GPU and no exporter",
+    ("ktc-trials", "Why trials failed or stopped", "A"):
+        "ktc_chief_trial_setback_info lists failed and early-stopped trials; the healthy search scraped here "
+        "has none (tests/test_chief_metrics.py proves the series on failed, invalid and stopped trials)",
 }
 
 

@@ -271,3 +271,35 @@ def test_update_trial_replies_equal_keras_tuners_trial_proto(tmp_path):
             assert service._trial_proto(trial, metrics, step) == trial.to_proto()
         trial.status = Status.COMPLETED
         oracle.end_trial(trial, tuner_id="w0", session="s0")
+
+
+def test_journal_records_only_the_running_trials_that_changed_and_restores_them_all(tmp_path):
+    oracle = make_oracle(tmp_path, max_trials=20)
+    trials = {f"w{i}": oracle.create_trial(f"w{i}", session=f"s{i}") for i in range(6)}
+    finish(oracle, trials["w0"], 0.5, tuner_id="w0", session="s0")
+    oracle.hand_back("w1", "s1", trials["w1"].trial_id)
+    again_w0 = oracle.create_trial("w0", session="s0")  # takes the handed-back trial
+    oracle.journal.close()
+    records = [json.loads(line) for line in next((tmp_path / "state").glob("journal-*.jsonl")).read_text().splitlines()]
+    saves = [r for r in records if "oracle" in r]
+    assert all("ongoing_trials" not in r["oracle"] for r in saves)
+    # One change per call, except the end's drop, which keras-tuner saves only with the next call.
+    assert [len(r.get("ongoing_set", {})) + len(r.get("ongoing_drop", [])) for r in saves] == [0] + [1] * 6 + [0, 2, 1]
+
+    expected = {t: trial.trial_id for t, trial in oracle.ongoing_trials.items()}
+    assert expected["w0"] == again_w0.trial_id == trials["w1"].trial_id and "w1" not in expected
+    restored = make_oracle(tmp_path, restore=True)  # replays the journal, then compacts it
+    assert {t: trial.trial_id for t, trial in restored.ongoing_trials.items()} == expected
+    restored.journal.close()
+    from_snapshot = make_oracle(tmp_path, restore=True)
+    assert {t: trial.trial_id for t, trial in from_snapshot.ongoing_trials.items()} == expected
+
+
+def test_journals_that_saved_the_whole_running_map_still_replay():
+    from chief.state import Replayed
+
+    replayed = Replayed()
+    replayed.apply({"oracle": {"ongoing_trials": {"w0": "00", "w1": "01"}, "seed": 1}})
+    replayed.apply({"oracle": {"seed": 1}, "ongoing_set": {"w2": "02"}, "ongoing_drop": ["w0"]})
+    assert replayed.ongoing == {"w1": "01", "w2": "02"} and replayed.oracle == {"seed": 1}
+    assert Replayed.from_snapshot(replayed.to_snapshot()).ongoing == replayed.ongoing

@@ -31,8 +31,8 @@ from worker.tuner import ClusterTuner
 
 log = logging.getLogger("ktc.worker")
 TrialStatus = trial_module.TrialStatus
-IDLE_BACKOFF = (0.1, 1.0)
-MAX_CHIEF_ERRORS = 10  # consecutive failed CreateTrial calls (other than "unavailable") before giving up  # first and longest pause between CreateTrial calls while the chief is IDLE
+IDLE_BACKOFF = (0.1, 1.0)  # first and longest pause between CreateTrial calls while the chief is IDLE
+MAX_CHIEF_ERRORS = 10  # consecutive failed CreateTrial calls (other than "unavailable") before giving up
 
 
 class NonFiniteLoss(RuntimeError):
