@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import TINY, make_dataset, merge
+from harness import TINY, merge
 
 LINE = re.compile(r"chief on 127\.0\.0\.1:(\d+) \(metrics :(\d+)\), \d+ workers \(metrics :([\d,]+)\)")
 
