@@ -44,6 +44,7 @@ ENDED = (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
 # State that grows with the trial count; the journal rebuilds it from per-trial records instead.
 PER_TRIAL_KEYS = ("start_order", "end_order", "run_times", "tried_so_far", "id_to_hash", "display")
 SNAPSHOT_EVERY = 20_000  # journal records between compactions
+REASON_CHARS = 200  # of an error message, as a metric label
 
 
 class UnknownTrial(KeyError):
@@ -118,9 +119,6 @@ def guarded(method: Callable) -> Callable:
                 atomic_write(path, text, fsync=False)
 
     return wrapper
-
-
-REASON_CHARS = 200  # of an error message, as a metric label
 
 
 class SearchSpace(hp_module.HyperParameters):
