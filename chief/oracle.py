@@ -20,10 +20,10 @@ import heapq
 import json
 import logging
 import math
+import os
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable
 
 import keras_tuner
@@ -36,7 +36,8 @@ from keras_tuner.src.engine.objective import MultiObjective
 
 from chief.early_stopping import MedianStoppingRule
 from chief.leases import LeaseTable
-from chief.state import Journal, Replayed, atomic_write
+from chief.ongoing import OngoingTrials
+from chief.state import Journal, Replayed, atomic_write, compact_json
 
 log = logging.getLogger("ktc.chief")
 TrialStatus = trial_module.TrialStatus
@@ -93,7 +94,7 @@ def guarded(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        files: list[tuple[Path, str]] = []
+        files: list[tuple[str, str]] = []
         try:
             with self.cluster_lock:
                 depth = self.__dict__.get("_guard_depth", 0)
@@ -126,16 +127,26 @@ class SearchSpace(hp_module.HyperParameters):
 
     keras-tuner copies the search space for every new trial through a config round trip, in which
     Keras' generic deserializer inspects signatures for each hyperparameter (a fifth of a
-    CreateTrial). A deep copy of each one gives the same independent objects in half the time."""
+    CreateTrial). A copy of each object and of the lists it holds (its conditions, a Choice's
+    values) gives the same independent hyperparameters several times faster than that, or than a
+    deep copy. Conditions themselves are shared: nothing changes one after it is made."""
 
     def copy(self) -> hp_module.HyperParameters:
         hps = hp_module.HyperParameters()
         for hp in self.space:  # what `HyperParameters.from_config` does with deserialized ones
-            hp = copy.deepcopy(hp)
+            hp = _copy_hyperparameter(hp)
             hps._hps[hp.name].append(hp)
             hps._space.append(hp)
         hps.values = dict(self.values)
         return hps
+
+
+def _copy_hyperparameter(hp: hp_module.HyperParameter) -> hp_module.HyperParameter:
+    clone = copy.copy(hp)
+    for name, value in vars(hp).items():
+        if isinstance(value, (list, dict)):
+            vars(clone)[name] = copy.copy(value)
+    return clone
 
 
 class ClusterOracle:
@@ -155,6 +166,18 @@ class ClusterOracle:
             space.__dict__.update(hps.__dict__)
             hps = space
         self._search_space = hps
+
+    @property
+    def ongoing_trials(self) -> OngoingTrials:
+        return self._ongoing
+
+    @ongoing_trials.setter
+    def ongoing_trials(self, trials: dict[str, trial_module.Trial]) -> None:
+        # keras-tuner assigns a plain dict in __init__ and set_state; the keys it replaces changed too.
+        old = self.__dict__.get("_ongoing")
+        self._ongoing = OngoingTrials(trials)
+        if old is not None:
+            self._ongoing.changed |= old.changed | set(old)
 
     @functools.cached_property
     def cluster_lock(self) -> threading.RLock:
@@ -182,37 +205,61 @@ class ClusterOracle:
         # UpdateTrial after the end drops the entry), so snapshots and trial.json reuse it rather
         # than re-encode every trial: a snapshot of 10,000 trials then takes milliseconds.
         self._ended_json: dict[str, str] = {}
-        self._pending_files: list[tuple[Path, str]] = []  # written by `guarded` after the lock
+        self._pending_files: list[tuple[str, str]] = []  # written by `guarded` after the lock
         self._journaled_ongoing: dict[str, str] = {}  # `ongoing_trials` as the journal has it
+
+    def _random_values(self) -> dict[str, Any] | None:
+        """keras-tuner's `_random_values` (random search, Hyperband's and Bayesian optimization's
+        random starts, ASHA): the same values from the same seed state, without merging a config
+        round-trip copy of every hyperparameter into a throw-away container on each attempt."""
+        collisions = 0
+        while True:
+            values: dict[str, Any] = {}
+            for hp in self.hyperparameters.space:
+                if all(condition.is_active(values) for condition in hp.conditions):
+                    values[hp.name] = hp.random_sample(self._seed_state)
+                    self._seed_state += 1
+            if not self._duplicate(values):
+                return values
+            collisions += 1
+            if collisions > self._max_collisions:
+                return None
 
     # --- persistence -------------------------------------------------------------------------
 
     def _small_state(self) -> dict[str, Any]:
         """`get_state()` without the per-trial parts (PER_TRIAL_KEYS), which the journal rebuilds
-        from per-trial records. keras-tuner's get_state lists every tried hash, O(trials) on every
-        save; the set is swapped for an empty one while it runs (under the oracle lock)."""
+        from per-trial records, and without `ongoing_trials`, journaled as changes (`save`).
+        keras-tuner's get_state lists every tried hash (O(trials)) and every running trial
+        (O(workers)) on every save; both are swapped for empty ones while it runs (under the
+        oracle lock)."""
         tried, self._tried_so_far = self._tried_so_far, set()
+        ongoing, self.__dict__["_ongoing"] = self._ongoing, OngoingTrials()
         try:
             state = self.get_state()
         finally:
-            self._tried_so_far = tried
-        for key in PER_TRIAL_KEYS:
+            self._tried_so_far, self.__dict__["_ongoing"] = tried, ongoing
+        for key in PER_TRIAL_KEYS + ("ongoing_trials",):
             state.pop(key, None)
         return state
 
     def save(self) -> None:
         if self._restoring:
             return
-        state = self._small_state()
-        ongoing, last = state.pop("ongoing_trials"), self._journaled_ongoing
-        record: dict[str, Any] = {"oracle": state}
-        changed = {tuner_id: trial_id for tuner_id, trial_id in ongoing.items() if last.get(tuner_id) != trial_id}
-        dropped = [tuner_id for tuner_id in last if tuner_id not in ongoing]
+        record: dict[str, Any] = {"oracle": self._small_state()}
+        last, ongoing = self._journaled_ongoing, self._ongoing
+        changed, dropped = {}, []
+        for tuner_id in ongoing.take_changes():
+            trial = ongoing.get(tuner_id)
+            if trial is None:
+                if last.pop(tuner_id, None) is not None:
+                    dropped.append(tuner_id)
+            elif last.get(tuner_id) != trial.trial_id:
+                changed[tuner_id] = last[tuner_id] = trial.trial_id
         if changed:
             record["ongoing_set"] = changed
         if dropped:
             record["ongoing_drop"] = dropped
-        self._journaled_ongoing = ongoing
         self.journal.append(record)
 
     def _save_trial(self, trial: trial_module.Trial) -> None:
@@ -220,7 +267,7 @@ class ClusterOracle:
         # the call added (an "update" record), so a trial's records stay small however long it runs.
         if not self._restoring and self._updating != trial.trial_id:
             if trial.status in ENDED:
-                self._ended_json[trial.trial_id] = text = _encode(trial.get_state())
+                self._ended_json[trial.trial_id] = text = compact_json(trial.get_state())
                 self.journal.append_encoded("trial", text)
             else:
                 self.journal.append({"trial": trial.get_state()})
@@ -257,14 +304,14 @@ class ClusterOracle:
 
     def _write_trial_file(self, trial: trial_module.Trial) -> None:
         """`trial_<id>/trial.json`, as keras-tuner lays it out, once the trial has ended."""
-        text = self._ended_json.get(trial.trial_id) or _encode(trial.get_state())
+        text = self._ended_json.get(trial.trial_id) or compact_json(trial.get_state())
         # The state as journaled plus "stopped_early" (appended to the JSON object's text).
         text = f'{text[:-1]},"stopped_early":{json.dumps(trial.trial_id in self.stopped_early)}}}'
         # keras-tuner's `_get_trial_dir` path, without its TensorFlow-gfile directory calls
         # (atomic_write creates the folder). Atomic, so readers never see a torn file, but not
         # fsynced: the journal, not this file, is the chief's record, and a killed process loses
         # nothing the kernel already holds.
-        path = Path(str(self._directory), self._project_name, f"trial_{trial.trial_id}", "trial.json")
+        path = os.path.join(self._directory, self._project_name, f"trial_{trial.trial_id}", "trial.json")
         self._pending_files.append((path, text))
 
     @guarded
@@ -321,12 +368,13 @@ class ClusterOracle:
         for trial_id, trial in self.trials.items():
             text = self._ended_json.get(trial_id)
             if text is None:
-                text = _encode(trial.get_state())
+                text = compact_json(trial.get_state())
                 if trial_id in self._ended and trial.status in ENDED:  # after a restore
                     self._ended_json[trial_id] = text
             encoded.append(text)
         oracle = self._small_state()
-        self._journaled_ongoing = oracle.pop("ongoing_trials")
+        self._ongoing.take_changes()
+        self._journaled_ongoing = {tuner_id: trial.trial_id for tuner_id, trial in self._ongoing.items()}
         self.journal.snapshot(Replayed(
             oracle=oracle, ongoing=dict(self._journaled_ongoing),
             end_order=list(self.end_order), run_times=dict(self._run_times),
@@ -422,7 +470,7 @@ class ClusterOracle:
         if trial_id not in self.trials:
             raise UnknownTrial(trial_id)
         current = self.trials[trial_id]
-        ongoing = any(t.trial_id == trial_id for t in self.ongoing_trials.values())
+        ongoing = self._ongoing.holder(trial_id) is not None
         if trial_id in self._ended or not ongoing and trial_id not in self._retry_queue:
             return False  # already ended: a retried call or a late twin
         if ongoing and tuner_id is not None and not self.leases.holds(trial_id, tuner_id, session):
@@ -470,11 +518,10 @@ class ClusterOracle:
                                    f"of {self.max_consecutive_failed_trials}.\n" + (last.message or ""))
 
     def _pop_ongoing(self, trial_id: str) -> str | None:
-        for tuner_id, ongoing in list(self.ongoing_trials.items()):
-            if ongoing.trial_id == trial_id:
-                del self.ongoing_trials[tuner_id]
-                return tuner_id
-        return None
+        tuner_id = self._ongoing.holder(trial_id)
+        if tuner_id is not None:
+            del self._ongoing[tuner_id]
+        return tuner_id
 
     def _requeue(self, trial_id: str, reason: str) -> None:
         tuner_id = self._pop_ongoing(trial_id)
@@ -593,9 +640,6 @@ class ClusterOracle:
             "done": self.done, "failure": self.failure,
         }
 
-
-def _encode(state: dict[str, Any]) -> str:
-    return json.dumps(state, separators=(",", ":"))
 
 
 def _trial_from_state(state: dict[str, Any], definitions: dict[str, Any]) -> trial_module.Trial:

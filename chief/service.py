@@ -38,6 +38,13 @@ KNOWN_METHODS = {protocol.method_path(protocol.ORACLE_SERVICE, m): m for m in OR
     protocol.method_path(protocol.COORDINATOR_SERVICE, m): m for m in protocol.COORDINATOR_METHODS}
 
 
+_PROTO = protos.get_proto()
+# TrialStatus.to_proto walks an if-chain through protobuf's enum wrapper on every reply.
+_STATUS_PROTO = {status: trial_module.TrialStatus.to_proto(status) for status in (
+    None, trial_module.TrialStatus.RUNNING, trial_module.TrialStatus.IDLE, trial_module.TrialStatus.INVALID,
+    trial_module.TrialStatus.STOPPED, trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)}
+
+
 class BadRequest(ValueError):
     pass
 
@@ -138,11 +145,9 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         metrics = self._metrics_protos.get(trial.trial_id)
         if metrics is None or metrics[0] is not trial.metrics or not _extend(metrics[1], trial.metrics, added, step):
             metrics = self._metrics_protos[trial.trial_id] = (trial.metrics, trial.metrics.to_proto())
-        score = (protos.get_proto().Trial.Score(value=trial.score, step=trial.best_step)
-                 if trial.score is not None else None)
-        return protos.get_proto().Trial(trial_id=trial.trial_id, hyperparameters=cached[1], score=score,
-                                        status=trial_module.TrialStatus.to_proto(trial.status),
-                                        metrics=metrics[1])
+        score = _PROTO.Trial.Score(value=trial.score, step=trial.best_step) if trial.score is not None else None
+        return _PROTO.Trial(trial_id=trial.trial_id, hyperparameters=cached[1], score=score,
+                            status=_STATUS_PROTO[trial.status], metrics=metrics[1])
 
     def _ended_trial(self, proto) -> trial_module.Trial:
         """`Trial.from_proto` of an EndTrial, reusing the running trial's HyperParameters when the
@@ -186,7 +191,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         trial = self.oracle.update_trial(trial_id, metrics, step=request.step, tuner_id=tuner_id, session=session)
         proto = self._trial_proto(trial, metrics, request.step)
         if trial_id in self.oracle.stop_requested:
-            proto.status = trial_module.TrialStatus.to_proto(trial_module.TrialStatus.STOPPED)
+            proto.status = _STATUS_PROTO[trial_module.TrialStatus.STOPPED]
         return self.messages.UpdateTrialResponse(trial=proto)
 
     @_served("EndTrial")

@@ -245,10 +245,40 @@ def test_new_trials_get_an_independent_copy_of_the_search_space(tmp_path):
     assert type(ours) is keras_tuner.HyperParameters and ours.get_config() == stock.get_config()
     ours.space[0].min_value = 500
     ours.values["units"] = 7
+    ours.space[1].values.append("gelu")
+    ours.space[2].conditions.clear()
     assert oracle.hyperparameters.space[0].min_value == 1 and oracle.hyperparameters.values["units"] != 7
+    assert oracle.hyperparameters.get_config() == stock.get_config()
     restored = make_oracle(tmp_path / "again")
     restored.set_state(oracle.get_state())  # keras-tuner's restore assigns a plain HyperParameters
     assert restored.hyperparameters.copy().get_config() == stock.get_config()
+
+
+def test_random_values_equal_keras_tuners_for_the_same_seed_state(tmp_path):
+    def pair(name):
+        oracle = make_oracle(tmp_path / name, max_trials=500)
+        oracle.hyperparameters.Choice("activation", ["relu", "elu"], ordered=False)
+        with oracle.hyperparameters.conditional_scope("activation", ["elu"]):
+            oracle.hyperparameters.Float("alpha", 0.1, 1.0, sampling="log")
+        oracle.hyperparameters.Boolean("norm")
+        return oracle
+
+    ours, stock = pair("ours"), pair("stock")
+    drawn = []
+    for _ in range(200):  # each draw recorded as tried, so collisions are retried as keras-tuner does
+        values = ours._random_values()
+        assert values == kt_oracle.Oracle._random_values(stock) and ours._seed_state == stock._seed_state
+        for oracle in (ours, stock):
+            oracle._tried_so_far.add(oracle._compute_values_hash(values))
+        drawn.append(values)
+    assert {"alpha" in v for v in drawn} == {True, False}  # the conditional one drawn only when active
+
+    ours.hyperparameters, stock.hyperparameters = keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
+    for oracle in (ours, stock):
+        oracle.hyperparameters.Boolean("flag")
+        oracle._tried_so_far = {oracle._compute_values_hash({"flag": flag}) for flag in (True, False)}
+    assert ours._random_values() is None is kt_oracle.Oracle._random_values(stock)  # gave up alike
+    assert ours._seed_state == stock._seed_state
 
 
 def test_update_trial_replies_equal_keras_tuners_trial_proto(tmp_path):
