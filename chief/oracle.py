@@ -117,7 +117,7 @@ def guarded(method: Callable) -> Callable:
                             kt_oracle.LOCKS[self].release()
         finally:
             for path, text in files:
-                atomic_write(path, text, fsync=False)
+                atomic_write(path, text, fsync=False, new_folder=True)
 
     return wrapper
 
@@ -207,6 +207,7 @@ class ClusterOracle:
         self._ended_json: dict[str, str] = {}
         self._pending_files: list[tuple[str, str]] = []  # written by `guarded` after the lock
         self._journaled_ongoing: dict[str, str] = {}  # `ongoing_trials` as the journal has it
+        self._journaled_space: dict[str, Any] | None = None  # the search space's config, likewise
 
     def _random_values(self) -> dict[str, Any] | None:
         """keras-tuner's `_random_values` (random search, Hyperband's and Bayesian optimization's
@@ -246,7 +247,13 @@ class ClusterOracle:
     def save(self) -> None:
         if self._restoring:
             return
-        record: dict[str, Any] = {"oracle": self._small_state()}
+        state = self._small_state()
+        # The search space rarely changes: journaled only when it did (replay keeps the last one).
+        if state["hyperparameters"] == self._journaled_space:
+            del state["hyperparameters"]
+        else:
+            self._journaled_space = state["hyperparameters"]
+        record: dict[str, Any] = {"oracle": state}
         last, ongoing = self._journaled_ongoing, self._ongoing
         changed, dropped = {}, []
         for tuner_id in ongoing.take_changes():
@@ -373,6 +380,7 @@ class ClusterOracle:
                     self._ended_json[trial_id] = text
             encoded.append(text)
         oracle = self._small_state()
+        self._journaled_space = oracle["hyperparameters"]
         self._ongoing.take_changes()
         self._journaled_ongoing = {tuner_id: trial.trial_id for tuner_id, trial in self._ongoing.items()}
         self.journal.snapshot(Replayed(

@@ -125,8 +125,10 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         self._hp_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its HyperParameters, their proto)
         self._metrics_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its MetricsTracker, its proto)
 
-    def _trial_proto(self, trial: trial_module.Trial, added: dict[str, float] | None = None, step: int = 0):
-        """`trial.to_proto()`, reusing what a running trial's previous replies built.
+    def _trial_proto(self, trial: trial_module.Trial, added: dict[str, float] | None = None, step: int = 0,
+                     into=None):
+        """`trial.to_proto()`, written `into` a reply's Trial field (one copy), reusing what a
+        running trial's previous replies built.
 
         keras-tuner rebuilds the proto of every hyperparameter (range and value) and of every metric
         observation so far for each reply, which made it the largest part of an UpdateTrial, growing
@@ -145,9 +147,14 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         metrics = self._metrics_protos.get(trial.trial_id)
         if metrics is None or metrics[0] is not trial.metrics or not _extend(metrics[1], trial.metrics, added, step):
             metrics = self._metrics_protos[trial.trial_id] = (trial.metrics, trial.metrics.to_proto())
-        score = _PROTO.Trial.Score(value=trial.score, step=trial.best_step) if trial.score is not None else None
-        return _PROTO.Trial(trial_id=trial.trial_id, hyperparameters=cached[1], score=score,
-                            status=_STATUS_PROTO[trial.status], metrics=metrics[1])
+        proto = _PROTO.Trial() if into is None else into
+        proto.trial_id = trial.trial_id
+        proto.hyperparameters.CopyFrom(cached[1])
+        if trial.score is not None:
+            proto.score.value, proto.score.step = trial.score, trial.best_step
+        proto.status = _STATUS_PROTO[trial.status]
+        proto.metrics.CopyFrom(metrics[1])
+        return proto
 
     def _ended_trial(self, proto) -> trial_module.Trial:
         """`Trial.from_proto` of an EndTrial, reusing the running trial's HyperParameters when the
@@ -181,7 +188,9 @@ class OracleService(protos.get_service_grpc().OracleServicer):
             await asyncio.sleep(STOCK_IDLE_PAUSE_SECONDS)  # stock workers retry IDLE at once, in a busy loop
         if trial.status != trial_module.TrialStatus.RUNNING:
             return self.messages.CreateTrialResponse(trial=trial.to_proto())
-        return self.messages.CreateTrialResponse(trial=self._trial_proto(trial))
+        reply = self.messages.CreateTrialResponse()
+        self._trial_proto(trial, into=reply.trial)
+        return reply
 
     @_served("UpdateTrial")
     def UpdateTrial(self, request, context):
@@ -189,10 +198,11 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         trial_id = protocol.check_id(request.trial_id, "trial_id")
         metrics = _check_metrics(request.metrics)
         trial = self.oracle.update_trial(trial_id, metrics, step=request.step, tuner_id=tuner_id, session=session)
-        proto = self._trial_proto(trial, metrics, request.step)
+        reply = self.messages.UpdateTrialResponse()
+        self._trial_proto(trial, metrics, request.step, into=reply.trial)
         if trial_id in self.oracle.stop_requested:
-            proto.status = _STATUS_PROTO[trial_module.TrialStatus.STOPPED]
-        return self.messages.UpdateTrialResponse(trial=proto)
+            reply.trial.status = _STATUS_PROTO[trial_module.TrialStatus.STOPPED]
+        return reply
 
     @_served("EndTrial")
     def EndTrial(self, request, context):

@@ -13,25 +13,49 @@ from __future__ import annotations
 
 import json
 import os
+from json import encoder as json_encoder
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 SNAPSHOT = "snapshot.json"
-# `json.dumps(x, separators=...)` builds a new encoder per call; the chief encodes a few records per RPC.
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes, fsync: bool = True) -> None:
+def _compact_encoder() -> Callable[[Any], str]:
+    """`json.dumps(x, separators=(",", ":"))`, minus the C encoder that `json` builds on every call
+    (half the time of encoding a small record; the chief encodes several per RPC). Without cycle
+    checks: journal records are trees. Falls back to `json`'s own way if the C encoder is missing
+    or does not give the same text."""
+    plain = json.JSONEncoder(separators=(",", ":")).encode
+    try:
+        make = json_encoder.c_make_encoder(None, plain.__self__.default, json_encoder.encode_basestring_ascii,
+                                           None, ":", ",", False, False, True)
+    except TypeError:  # None (no accelerator), or another signature
+        return plain
+    fast = lambda value: "".join(make(value, 0))  # noqa: E731
+    sample = {"a": [1, -2.5, None, True, "é\n"], "b": {"c": float("nan"), "d": 1e300, "e": ""}}
+    return fast if fast(sample) == plain(sample) else plain
+
+
+compact_json = _compact_encoder()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, fsync: bool = True, new_folder: bool = False) -> None:
     """Write a whole file or nothing: a reader never sees a torn file.
 
     `fsync` makes it survive a power loss too; without it, it survives a kill of the process.
-    Plain `os` calls on string paths: the chief writes a `trial.json` per trial on its serving
-    thread, where pathlib and buffered file objects cost more than the system calls."""
+    `new_folder` says the file's folder is most likely missing (a trial's): making it first saves
+    the failed open. Plain `os` calls on string paths: the chief writes a `trial.json` per trial
+    on its serving thread, where pathlib and buffered file objects cost more than the system calls."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if new_folder:
+        try:
+            os.mkdir(folder)
+        except (FileExistsError, FileNotFoundError):  # a parent missing too: made below
+            pass
     try:
         fd = os.open(tmp, flags, 0o644)
     except FileNotFoundError:  # creating the folder only when missing saves a system call per write
@@ -71,9 +95,11 @@ class Replayed:
             if record["update"] in self.trials:
                 self.updates.setdefault(record["update"], []).append((record["metrics"], record["step"]))
         elif "oracle" in record:
-            # Snapshots hold the whole `ongoing_trials` map; journal records only what changed
-            # since the previous record (it has a line per worker: O(workers) per save otherwise).
+            # Snapshots hold the whole `ongoing_trials` map and the search space; journal records
+            # only what changed since the previous record (the map has a line per worker).
             oracle = record["oracle"]
+            if self.oracle is not None and "hyperparameters" in self.oracle:
+                oracle.setdefault("hyperparameters", self.oracle["hyperparameters"])  # unchanged since
             if "ongoing_trials" in oracle:
                 self.ongoing = dict(oracle.pop("ongoing_trials"))
             self.ongoing.update(record.get("ongoing_set", {}))

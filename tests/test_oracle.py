@@ -325,6 +325,22 @@ def test_journal_records_only_the_running_trials_that_changed_and_restores_them_
     assert {t: trial.trial_id for t, trial in from_snapshot.ongoing_trials.items()} == expected
 
 
+def test_journal_records_the_search_space_when_it_changes_and_restores_the_last(tmp_path):
+    oracle = make_oracle(tmp_path, max_trials=20)
+    for i in range(3):
+        oracle.create_trial(f"w{i}", session=f"s{i}")
+    grown = keras_tuner.HyperParameters()
+    grown.Float("lr", 1e-4, 1e-1, sampling="log")
+    oracle.update_space(grown)  # a worker's hypermodel registered one more hyperparameter
+    oracle.create_trial("w3", session="s3")
+    oracle.journal.close()
+    records = [json.loads(line) for line in next((tmp_path / "state").glob("journal-*.jsonl")).read_text().splitlines()]
+    assert ["hyperparameters" in r["oracle"] for r in records if "oracle" in r] == [True, False, False, False, True]
+    restored = make_oracle(tmp_path, restore=True)
+    assert restored.hyperparameters.get_config() == oracle.hyperparameters.get_config()
+    assert [hp.name for hp in restored.hyperparameters.space] == ["units", "lr"]
+
+
 def test_journals_that_saved_the_whole_running_map_still_replay():
     from chief.state import Replayed
 

@@ -1,0 +1,47 @@
+"""The journal's building blocks: its JSON encoding and atomic file writes."""
+
+import json
+import math
+import random
+
+import pytest
+
+from chief.state import atomic_write, compact_json
+
+
+def _random_value(rng, depth=0):
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-10**12, 10**12)
+    if kind == 2:
+        return rng.choice([rng.uniform(-1e6, 1e6), rng.random() * 1e-300, math.nan, math.inf, -math.inf, -0.0])
+    if kind in (3, 4):
+        return "".join(rng.choice('ab"\\\n\té€😀/\x00') for _ in range(rng.randrange(6)))
+    if kind == 5:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["k", "é\"", 1, -2.5, True, None] if kind == 6 else ["trial_id", "metrics", "step"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compact_json_writes_what_json_dumps_writes(seed):
+    rng = random.Random(seed)
+    for _ in range(2000):
+        value = _random_value(rng)
+        assert compact_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_compact_json_refuses_what_json_refuses():
+    with pytest.raises(TypeError, match="set"):
+        compact_json({"a": {1, 2}})
+
+
+@pytest.mark.parametrize("new_folder", [False, True])
+def test_atomic_write_makes_missing_folders_and_replaces_whole_files(tmp_path, new_folder):
+    path = tmp_path / "project" / "trial_07" / "trial.json"
+    atomic_write(path, '{"a":1}', fsync=False, new_folder=new_folder)
+    atomic_write(str(path), b'{"a":2}', new_folder=new_folder)  # exists now: replaced
+    assert path.read_text() == '{"a":2}'
+    assert sorted(p.name for p in path.parent.iterdir()) == ["trial.json"]  # no temporary file left
