@@ -55,8 +55,8 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     gc.collect()
     gc.freeze()
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
-    server = ChiefServer(oracle, metrics, address, token,
-                         search_info={"search_id": config.search_id, "tuner": config.tuner})
+    search_info = {"search_id": config.search_id, "tuner": config.tuner}
+    server = ChiefServer(oracle, metrics, address, token, search_info=search_info)
     port = server.port
     print(f"chief: serving the oracle on {address.rsplit(':', 1)[0]}:{port}, metrics on :{metrics_port}", flush=True)
     terminated = threading.Event()
@@ -68,6 +68,10 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         if terminated.is_set():
             return 0  # state is on disk; a restarted chief resumes
         _drain(oracle, drain_seconds)
+        # The final Status reply, kept: a poller can miss the moments between the last trial's end
+        # and the chief's exit.
+        (Path(config.results) / "status.json").write_text(
+            json.dumps(dict(oracle.status(), search=search_info), indent=2))
         write_results(tuner, config)
         if tracker:
             tracker.finish(oracle)

@@ -9,6 +9,7 @@ still alive after the grace period gets SIGKILL. No process outlives the launche
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -139,10 +140,12 @@ class ProgressView:
         sys.stdout.flush()
 
 
-def monitor(children: list[Child], address: str, token: str, view: ProgressView) -> int:
+def monitor(children: list[Child], address: str, token: str, view: ProgressView, final: Path) -> int:
+    """Show the chief's status until it exits, then its final status (`final`, written by this
+    chief as it finished: polling can miss the last trial's end)."""
     from worker.client import status
 
-    chief = children[0]
+    chief, started = children[0], time.time()
     while chief.process.poll() is None:
         try:
             view.show(status(address, token, timeout=2.0))
@@ -153,6 +156,8 @@ def monitor(children: list[Child], address: str, token: str, view: ProgressView)
             print("ktc local: every worker has failed before the search ended; see their logs", flush=True)
             return 1
         time.sleep(POLL_SECONDS)
+    if final.exists() and final.stat().st_mtime >= started:
+        view.show(json.loads(final.read_text()))
     return chief.process.returncode
 
 
@@ -163,7 +168,8 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
     children, address = start(config, config_path, token_path, workers, base_port)
     code = 1
     try:
-        code = monitor(children, address, token_path.read_text(), ProgressView(quiet))
+        code = monitor(children, address, token_path.read_text(), ProgressView(quiet),
+                       Path(config.results) / "status.json")
         _wait(children[1:], STOP_GRACE_SECONDS)  # workers exit once told the search is over
     except KeyboardInterrupt:
         print("\nktc local: interrupted; stopping (workers hand their trials back)", flush=True)

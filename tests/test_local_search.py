@@ -81,7 +81,13 @@ def test_search_completes_every_trial_and_writes_best_results(local_search):
 def test_search_prints_progress_and_the_results_summary(local_search):
     out = local_search["output"]
     assert "Results summary" in out and "Showing 10 best trials" in out
-    assert re.search(r"\] 4/4 trials +completed 4", out)
+    assert re.search(r"\] 4/4 trials +completed 4", out)  # however soon the chief exits after the last trial
+
+
+def test_the_chief_keeps_its_final_status_with_the_results(local_search):
+    status = json.loads((local_search["results"] / "status.json").read_text())
+    assert status["done"] and status["failure"] is None
+    assert status["completed"] == 4 and status["running"] == [] and status["best"]["score"] is not None
 
 
 def test_synthetic_dataset_is_generated_into_an_empty_data_dir(local_search):
