@@ -18,6 +18,8 @@ class OngoingTrials(dict):
     Every mutating dict method goes through `__setitem__`/`__delitem__`, so neither can drift. A
     trial runs under one tuner id at a time (the oracle moves it, never copies it)."""
 
+    _MISSING = object()
+
     def __init__(self, items: Iterable[tuple[str, Any]] | dict = ()):
         super().__init__()
         self.changed: set[str] = set()
@@ -37,8 +39,6 @@ class OngoingTrials(dict):
         if self._holders.get(trial.trial_id) == tuner_id:
             del self._holders[trial.trial_id]
         self.changed.add(tuner_id)
-
-    _MISSING = object()
 
     def pop(self, tuner_id: str, default: Any = _MISSING) -> Any:
         if tuner_id not in self:

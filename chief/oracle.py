@@ -649,7 +649,6 @@ class ClusterOracle:
         }
 
 
-
 def _trial_from_state(state: dict[str, Any], definitions: dict[str, Any]) -> trial_module.Trial:
     """`Trial.from_state`, deserializing each distinct hyperparameter definition once.
 
