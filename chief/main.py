@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 from chief.k8s import scale_to_zero
 from chief.metrics import ChiefMetrics
 from chief.oracle import cluster_oracle_class
-from chief.service import ChiefServer
+from chief.service import ChiefServer, status_reply
 from worker.config import SearchConfig
 from worker.neptune_tracking import NeptuneTracker
 from worker.tuner import build_tuner
@@ -70,8 +70,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         _drain(oracle, drain_seconds)
         # The final Status reply, kept: a poller can miss the moments between the last trial's end
         # and the chief's exit.
-        (Path(config.results) / "status.json").write_text(
-            json.dumps(dict(oracle.status(), search=search_info), indent=2))
+        (Path(config.results) / "status.json").write_text(json.dumps(status_reply(oracle, search_info), indent=2))
         write_results(tuner, config)
         if tracker:
             tracker.finish(oracle)

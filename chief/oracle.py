@@ -89,8 +89,7 @@ def guarded(method: Callable) -> Callable:
     The outermost call also writes the journal records it made in one go, before it returns (the
     same durability as one write per record, with fewer system calls made while holding the lock),
     then, after releasing the lock, the trial files it produced: every system call under the lock
-    lets the other RPC threads run into the lock and sleep, and these context switches cost the
-    chief more CPU than the work itself."""
+    lets the other threads that need it (the lease loop, metrics scrapes) run into it and sleep."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):

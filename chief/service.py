@@ -234,6 +234,11 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         return self.messages.GetBestTrialsResponse(trials=[t.to_proto() for t in trials])
 
 
+def status_reply(oracle, search_info: dict[str, Any]) -> dict[str, Any]:
+    """What `ktc.Coordinator/Status` answers (and the chief keeps as `status.json` at the end)."""
+    return dict(oracle.status(), search=search_info)
+
+
 class CoordinatorService:
     """`ktc.Coordinator`: leases, hand-back, status. Requests and replies are JSON objects,
     decoded inside the handler so that a malformed one gets INVALID_ARGUMENT."""
@@ -260,7 +265,7 @@ class CoordinatorService:
     @_served("Status")
     def Status(self, raw: bytes, context) -> dict[str, Any]:
         protocol.decode(raw)
-        return dict(self.oracle.status(), search=self.search_info)
+        return status_reply(self.oracle, self.search_info)
 
     @staticmethod
     def _ids(request: dict[str, Any]) -> tuple[str, str, str]:
