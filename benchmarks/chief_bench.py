@@ -20,7 +20,7 @@ as `worker/runner.py` does) and leaves on STOPPED. Replies asking for an early s
 Servers, each started fresh for every scenario in its own subprocess, on loopback:
   stock        keras-tuner 1.4.8's own chief: `oracle_chief.start_server` (one-thread gRPC pool)
                around a `RandomSearchOracle`, default display (verbose), files in a temp dir.
-  ours         `python -m ktc chief` (the production entry point: `run_chief`, Prometheus endpoint,
+  ours         `python -m kt_cluster chief` (the production entry point: `run_chief`, Prometheus endpoint,
                lease expiry loop, journal) with `--auth-token-file`, tuner `random` (so the median
                early-stopping rule is on, its default), scraped every 10 s as Prometheus would.
   ours-noauth  the same with `--insecure`.
@@ -295,7 +295,7 @@ def serve_null(args) -> None:
     import grpc
     from keras_tuner.src import protos
 
-    from chief import service as chief_service
+    from kt_cluster.chief import service as chief_service
 
     pb, messages = protos.get_proto(), protos.get_service()
     counter = itertools.count()
@@ -363,7 +363,7 @@ def serve_restore(args) -> None:
     the last SNAPSHOT_EVERY records, all to be replayed (worst case under the compaction policy)."""
     import keras_tuner
 
-    from chief import oracle as chief_oracle
+    from kt_cluster.chief import oracle as chief_oracle
 
     def make(state: Path):
         hp = keras_tuner.HyperParameters()
@@ -452,7 +452,7 @@ class Server:
             (self.dir / "search.yaml").write_text(yaml.safe_dump(config))
             (self.dir / "token").write_text(TOKEN)
             auth = ["--insecure"] if kind == "ours-noauth" else ["--auth-token-file", str(self.dir / "token")]
-            cmd = [sys.executable, "-m", "ktc", "chief", "--config", str(self.dir / "search.yaml"), *auth,
+            cmd = [sys.executable, "-m", "kt_cluster", "chief", "--config", str(self.dir / "search.yaml"), *auth,
                    "--metrics-port", str(self.metrics_port)]
             env.update(KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="127.0.0.1",
                        KERASTUNER_ORACLE_PORT=str(self.port))
@@ -664,13 +664,13 @@ def run_restore(trials: int, workdir: Path) -> dict:
 def run_handback(workdir: Path, rounds: int = 20) -> dict:
     """Seconds from a HandBack reply until another worker's CreateTrial hands it the trial.
 
-    Two workers (`worker.client.ChiefClient`, the production client) share a one-trial search on
+    Two workers (`kt_cluster.worker.client.ChiefClient`, the production client) share a one-trial search on
     `ktc chief` and pass the trial back and forth: the holder keeps it a random 0.5-3 s, so the
-    waiter is anywhere in its IDLE back-off (`worker.runner.IDLE_BACKOFF`), then hands it back."""
+    waiter is anywhere in its IDLE back-off (`kt_cluster.worker.runner.IDLE_BACKOFF`), then hands it back."""
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # worker.runner imports TensorFlow
-    from worker.client import ChiefClient
-    from worker.runner import IDLE_BACKOFF
+    from kt_cluster.worker.client import ChiefClient
+    from kt_cluster.worker.runner import IDLE_BACKOFF
 
     (workdir / "handback").mkdir()
     server = Server("ours", 1, workdir / "handback")
@@ -706,10 +706,6 @@ def run_handback(workdir: Path, rounds: int = 20) -> dict:
         server.stop()
     delays.sort()
     return {"rounds": rounds, "p50_s": percentile(delays, 50), "max_s": delays[-1], "idle_backoff_s": IDLE_BACKOFF}
-
-
-def asha_available() -> bool:
-    return (REPO / "worker" / "asha.py").exists()
 
 
 def run_tuners(workdir: Path, log, workers: int = 64, epoch_seconds: float = 1.0, max_trials: int = 300) -> list[dict]:
@@ -811,8 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     parser.add_argument("--client-procs", type=int, help="load generator processes (default: 1 per 64 workers, >= 2)")
     parser.add_argument("--restore-trials", type=int, default=10_000, help="0 to skip the restore measurement")
-    parser.add_argument("--tuners", choices=("auto", "on", "off"), default="auto",
-                        help="hyperband vs asha at 64 workers (auto: when worker/asha.py exists)")
+    parser.add_argument("--tuners", action=argparse.BooleanOptionalAction, default=True,
+                        help="hyperband vs asha at 64 workers")
     parser.add_argument("--handback", action=argparse.BooleanOptionalAction, default=True,
                         help="time a hand-back until another worker takes the trial")
     parser.add_argument("--rounds", type=int, help=f"runs of each server per scenario (default {ROUNDS}, 1 with --quick)")
@@ -850,11 +846,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  p50 {handback['p50_s']:.2f} s, max {handback['max_s']:.2f} s "
             f"(waiting workers poll every {handback['idle_backoff_s'][0]:g} s doubling to {handback['idle_backoff_s'][1]:g} s)")
     tuners = None
-    if args.tuners == "on" or (args.tuners == "auto" and asha_available()):
+    if args.tuners:
         log("tuners: hyperband vs asha on ours, 64 workers, 1 s epochs, 300 trials, max_epochs 27, factor 3")
         tuners = run_tuners(workdir, log)
-    elif args.tuners == "auto":
-        log("tuners: worker/asha.py does not exist yet: hyperband vs asha not measured")
     log(f"\ntargets ({machine()}):")
     verdicts = targets(results, restore)
     for name, detail, ok in verdicts:

@@ -34,9 +34,9 @@ import keras_tuner  # noqa: E402
 from keras_tuner.src import protos  # noqa: E402
 
 import chief_bench  # noqa: E402
-from chief.metrics import ChiefMetrics  # noqa: E402
-from chief.oracle import cluster_oracle_class  # noqa: E402
-from chief.service import OracleService  # noqa: E402
+from kt_cluster.chief.exporter import ChiefMetrics  # noqa: E402
+from kt_cluster.chief.oracle import cluster_oracle_class  # noqa: E402
+from kt_cluster.chief.service import OracleService  # noqa: E402
 
 
 class Context:

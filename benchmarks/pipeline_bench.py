@@ -7,10 +7,10 @@ Not part of the test run. From the repository root, in the project's virtualenv:
     python benchmarks/pipeline_bench.py --sizes 64 --json out.json
 
 For each image size it generates (once, cached under --data-dir) a synthetic dataset with
-`worker.data.synth` (seed 0, 3 classes, 75% train), then measures in one process, with
+`kt_cluster.worker.data.synth` (seed 0, 3 classes, 75% train), then measures in one process, with
 TensorFlow's default threads (all cores, as a worker pod has):
 
-  pipeline   batches/s of `worker.data.pipeline.datasets(config)`'s train set alone, streaming from
+  pipeline   batches/s of `kt_cluster.worker.data.pipeline.datasets(config)`'s train set alone, streaming from
              disk (`data.cache_mb: 0`, so every batch is read and decoded, as in a trial's first
              epoch or for a set too large to cache): read the PNGs, decode, check, resize, batch,
              prefetch; iterated after a warm-up of a few batches.
@@ -50,9 +50,9 @@ import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from worker.config import SearchConfig  # noqa: E402
-from worker.data import pipeline, synth  # noqa: E402
-from worker.hypermodel import default_space_builder  # noqa: E402
+from kt_cluster.core.config import SearchConfig  # noqa: E402
+from kt_cluster.worker.data import pipeline, synth  # noqa: E402
+from kt_cluster.core.hypermodel import default_space_builder  # noqa: E402
 
 CLASSES = ["table_number", "stamp", "signature"]
 

@@ -63,7 +63,7 @@ def run_tuner(tuner: str, args, data: Path, workdir: Path) -> dict:
     (where / "search.yaml").write_text(yaml.safe_dump(config))
     log = open(where / "ktc-local.log", "wb")
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", str(args.workers), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", str(args.workers), "--quiet",
                              "--config", str(where / "search.yaml")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), start_new_session=True)
     try:
@@ -162,7 +162,7 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ktc-quality-"))
     data = workdir / "data"
     if not (data / "classes.txt").exists():
-        subprocess.run([sys.executable, "-m", "ktc", "data", "synth", "--out", str(data), "--count", str(args.count),
+        subprocess.run([sys.executable, "-m", "kt_cluster", "data", "synth", "--out", str(data), "--count", str(args.count),
                         "--size", str(args.image_size), "--classes", ",".join(CLASSES), "--seed", "0"],
                        cwd=REPO, check=True, capture_output=True)
     load = os.getloadavg()

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from chief.k8s import scale_to_zero
-from chief.metrics import ChiefMetrics
-from chief.oracle import cluster_oracle_class
-from chief.service import ChiefServer, status_reply
-from worker.config import SearchConfig
-from worker.neptune_tracking import NeptuneTracker
-from worker.tuner import build_tuner
+from kt_cluster.chief.k8s import scale_to_zero
+from kt_cluster.chief.exporter import ChiefMetrics
+from kt_cluster.chief.oracle import cluster_oracle_class
+from kt_cluster.chief.service import ChiefServer, status_reply
+from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.neptune_tracking import NeptuneTracker
+from kt_cluster.core.tuner import build_tuner
 
 log = logging.getLogger("ktc.chief")
 TICK_SECONDS = 0.5

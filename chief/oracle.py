@@ -8,7 +8,7 @@ It adds, without changing what stock workers see on the wire:
 - a search that waits (IDLE) rather than telling workers to exit while trials could still be
   requeued, and knows when it is over or has failed (with the reason);
 - a median early-stopping rule, signalled through UpdateTrial's reply;
-- incremental persistence through `chief.state.Journal` instead of rewriting `oracle.json`;
+- incremental persistence through `kt_cluster.chief.state.Journal` instead of rewriting `oracle.json`;
 - a lock that no exception can leak (keras-tuner's `synchronized` has no try/finally).
 """
 
@@ -34,10 +34,10 @@ from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.engine.hyperparameters import hp_types
 from keras_tuner.src.engine.objective import MultiObjective
 
-from chief.early_stopping import MedianStoppingRule
-from chief.leases import LeaseTable
-from chief.ongoing import OngoingTrials
-from chief.state import Journal, Replayed, atomic_write, compact_json
+from kt_cluster.chief.early_stopping import MedianStoppingRule
+from kt_cluster.chief.leases import LeaseTable
+from kt_cluster.chief.ongoing import OngoingTrials
+from kt_cluster.chief.state import Journal, Replayed, atomic_write, compact_json
 
 log = logging.getLogger("ktc.chief")
 TrialStatus = trial_module.TrialStatus

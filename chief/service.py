@@ -23,14 +23,13 @@ import time
 from typing import Any, Callable
 
 import grpc
-from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import metrics_tracking
 from keras_tuner.src.engine import trial as trial_module
 
-from chief.metrics import ChiefMetrics
-from chief.oracle import NotHolder, UnknownTrial
-from worker import protocol
+from kt_cluster.chief.exporter import ChiefMetrics
+from kt_cluster.chief.oracle import NotHolder, UnknownTrial
+from kt_cluster.core import compat, protocol
 
 STOCK_IDLE_PAUSE_SECONDS = 0.5
 ORACLE_METHODS = ("GetSpace", "UpdateSpace", "CreateTrial", "UpdateTrial", "EndTrial", "GetTrial", "GetBestTrials")
@@ -38,7 +37,7 @@ KNOWN_METHODS = {protocol.method_path(protocol.ORACLE_SERVICE, m): m for m in OR
     protocol.method_path(protocol.COORDINATOR_SERVICE, m): m for m in protocol.COORDINATOR_METHODS}
 
 
-_PROTO = protos.get_proto()
+_TRIAL_PROTO = compat.trial_proto_class()
 # TrialStatus.to_proto walks an if-chain through protobuf's enum wrapper on every reply.
 _STATUS_PROTO = {status: trial_module.TrialStatus.to_proto(status) for status in (
     None, trial_module.TrialStatus.RUNNING, trial_module.TrialStatus.IDLE, trial_module.TrialStatus.INVALID,
@@ -117,11 +116,11 @@ def _extend(proto, tracker: metrics_tracking.MetricsTracker, added: dict[str, fl
     return True
 
 
-class OracleService(protos.get_service_grpc().OracleServicer):
+class OracleService(compat.oracle_servicer_class()):
     def __init__(self, oracle, metrics: ChiefMetrics):
         self.oracle = oracle
         self.metrics = metrics
-        self.messages = protos.get_service()
+        self.messages = compat.oracle_messages()
         self._hp_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its HyperParameters, their proto)
         self._metrics_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its MetricsTracker, its proto)
 
@@ -147,7 +146,7 @@ class OracleService(protos.get_service_grpc().OracleServicer):
         metrics = self._metrics_protos.get(trial.trial_id)
         if metrics is None or metrics[0] is not trial.metrics or not _extend(metrics[1], trial.metrics, added, step):
             metrics = self._metrics_protos[trial.trial_id] = (trial.metrics, trial.metrics.to_proto())
-        proto = _PROTO.Trial() if into is None else into
+        proto = _TRIAL_PROTO() if into is None else into
         proto.trial_id = trial.trial_id
         proto.hyperparameters.CopyFrom(cached[1])
         if trial.score is not None:
@@ -339,7 +338,7 @@ class ChiefServer:
         # Created inside the loop: a grpc.aio server belongs to the loop it was made in.
         self._server = grpc.aio.server(interceptors=[TokenAuth(token, metrics)] if token else [],
                                        options=SERVER_OPTIONS)
-        protos.get_service_grpc().add_OracleServicer_to_server(OracleService(oracle, metrics), self._server)
+        compat.add_oracle_servicer(OracleService(oracle, metrics), self._server)
         self._server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
         try:
             port = self._server.add_insecure_port(address)

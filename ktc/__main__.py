@@ -1,1 +1,1 @@
-from ktc.cli import main; import sys; sys.exit(main())
+from kt_cluster.cli import main; import sys; sys.exit(main())

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from worker.config import TUNERS, ConfigError, SearchConfig, load
-from worker.data.layout import DatasetError
+from kt_cluster.core.config import TUNERS, ConfigError, SearchConfig, load
+from kt_cluster.core.dataset import DatasetError
 
 DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
@@ -79,12 +79,12 @@ def oracle_address(default_ip: str) -> tuple[str, int]:
 
 
 def cmd_chief(args: argparse.Namespace) -> int:
-    from chief.main import run_chief
+    from kt_cluster.chief.main import run_chief
 
     config, token = search_config(args), read_token(args)
     ip, port = oracle_address("0.0.0.0")
     if args.scale_workers_on_exit:
-        from chief.k8s import parse_target
+        from kt_cluster.chief.k8s import parse_target
 
         try:
             parse_target(args.scale_workers_on_exit)
@@ -95,7 +95,7 @@ def cmd_chief(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.main import check_tuner_id, run_worker
+    from kt_cluster.worker.main import check_tuner_id, run_worker
 
     config, token = search_config(args), read_token(args)
     tuner_id = check_tuner_id(os.environ.get("KERASTUNER_TUNER_ID"))
@@ -107,13 +107,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from ktc.local import run_local
+    from kt_cluster.local import run_local
 
     return run_local(search_config(args), workers=args.workers, base_port=args.base_port, quiet=args.quiet)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from worker.data import synth
+    from kt_cluster.worker.data import synth
 
     classes = int(args.classes) if args.classes.isdigit() else args.classes.split(",")
     synth.generate(Path(args.out), count=args.count, size=args.size, classes=classes, seed=args.seed)
@@ -122,13 +122,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ktc.status import show_status
+    from kt_cluster.status import show_status
 
     return show_status(args.chief, read_token(args), as_json=args.json)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from ktc.results import show_results
+    from kt_cluster.results import show_results
 
     return show_results(Path(args.results), fmt=args.format, search_id=args.search_id,
                         plot_file=Path(args.plot) if args.plot else None)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from ktc.progress import render
-from worker.config import ConfigError, SearchConfig
-from worker.data import layout, synth
+from kt_cluster.progress import render
+from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core import dataset
+from kt_cluster.worker.data import synth
 
 SYNTH_COUNT = 48
 POLL_SECONDS = 1.0
@@ -55,7 +56,7 @@ def prepare(config: SearchConfig) -> tuple[Path, Path]:
     """Resolve paths, fill an empty dataset directory, write the shared config and token."""
     config.results = str(Path(config.results).resolve())
     config.data.path = str(Path(config.data.path).resolve())
-    if layout.is_empty(Path(config.data.path)):
+    if dataset.is_empty(Path(config.data.path)):
         print(f"ktc local: {config.data.path} is empty: generating {SYNTH_COUNT} synthetic scans", flush=True)
         synth.generate(Path(config.data.path), count=SYNTH_COUNT, size=config.data.image_size,
                        classes=config.data.classes, seed=config.seed or 0)
@@ -72,7 +73,7 @@ def prepare(config: SearchConfig) -> tuple[Path, Path]:
 def spawn(name: str, args: list[str], env: dict[str, str], run_dir: Path) -> Child:
     log = run_dir / f"{name}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ktc", *args], env=env, stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", "kt_cluster", *args], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     return Child(name, process, log)
 
@@ -143,7 +144,7 @@ class ProgressView:
 def monitor(children: list[Child], address: str, token: str, view: ProgressView, final: Path) -> int:
     """Show the chief's status until it exits, then its final status (`final`, written by this
     chief as it finished: polling can miss the last trial's end)."""
-    from worker.client import status
+    from kt_cluster.core.protocol import status
 
     chief, started = children[0], time.time()
     while chief.process.poll() is None:

@@ -7,8 +7,8 @@ import sys
 
 import grpc
 
-from ktc.progress import render
-from worker.client import status
+from kt_cluster.progress import render
+from kt_cluster.core.protocol import status
 
 
 def show_status(address: str, token: str | None, as_json: bool = False) -> int:

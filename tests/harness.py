@@ -1,6 +1,6 @@
 """Real chief and worker processes for tests, stopped on exit whatever happens.
 
-`Cluster` starts `python -m ktc chief` and `python -m ktc worker` exactly as `ktc local` and the
+`Cluster` starts `python -m kt_cluster chief` and `python -m kt_cluster worker` exactly as `ktc local` and the
 Kubernetes pods do (same flags and environment), on free loopback ports, and lets a test kill,
 restart and watch them. Every process runs in its own session so a kill reaches its children.
 """
@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import yaml
 
-from ktc.local import free_ports
-from worker.client import status as chief_status
-from worker.data import synth
+from kt_cluster.local import free_ports
+from kt_cluster.core.protocol import status as chief_status
+from kt_cluster.worker.data import synth
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -72,7 +72,7 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "ktc", *args], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
                                          KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(self.port), **env),
                                 start_new_session=True)

@@ -7,10 +7,10 @@ import keras_tuner
 import pytest
 from keras_tuner.src.engine import trial as trial_module
 
-from chief.oracle import cluster_oracle_class
-from worker.asha import ASHAOracle, rung_epochs
-from worker.config import TUNERS, ConfigError, from_dict
-from worker.tuner import ORACLES, make_oracle
+from kt_cluster.chief.oracle import cluster_oracle_class
+from kt_cluster.core.asha import ASHAOracle, rung_epochs
+from kt_cluster.core.config import TUNERS, ConfigError, from_dict
+from kt_cluster.core.tuner import ORACLES, make_oracle
 
 Status = trial_module.TrialStatus
 

@@ -37,8 +37,8 @@ import yaml
 
 from chart_support import container, find, pod_spec, render
 from harness import make_dataset
-from ktc.local import free_ports
-from worker.client import status as chief_status
+from kt_cluster.local import free_ports
+from kt_cluster.core.protocol import status as chief_status
 
 # Named "chief" on purpose: every worker pod name contains "chief", yet no tuner id may.
 RELEASE = "chief"
@@ -224,7 +224,7 @@ def ktc_shim(bin_dir: Path) -> Path:
     """`ktc` on PATH: this interpreter's ktc (the image has it at /usr/local/bin/ktc)."""
     bin_dir.mkdir()
     shim = bin_dir / "ktc"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ktc "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m kt_cluster "$@"\n')
     shim.chmod(0o755)
     return bin_dir
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from chart_support import CHART, MATRIX, container, env, find, find_all, pod_spec, render, render_files
-from worker.config import from_dict
+from kt_cluster.core.config import from_dict
 
 PODS = ("Deployment", "StatefulSet", "Job", "Pod")
 
@@ -344,7 +344,7 @@ def test_synthetic_data_job_fills_the_volume_once_and_workers_wait(tmp_path):
     script = c["args"][0].replace("/data", str(tmp_path / "data"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "ktc").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ktc "$@"\n')
+    (bin_dir / "ktc").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m kt_cluster "$@"\n')
     (bin_dir / "ktc").chmod(0o755)
     run_env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     data_dir = tmp_path / "data"

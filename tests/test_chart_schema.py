@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from chart_support import CHART, MATRIX, render, undocumented_values, values_docs
-from worker.config import DataConfig, IntRange, SearchConfig, SpaceConfig
+from kt_cluster.core.config import DataConfig, IntRange, SearchConfig, SpaceConfig
 
 helm = pytest.importorskip("helm_python")
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())

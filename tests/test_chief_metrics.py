@@ -4,8 +4,8 @@ import keras_tuner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chief.metrics import TOP_TRIALS, ChiefMetrics
-from chief.oracle import cluster_oracle_class
+from kt_cluster.chief.exporter import TOP_TRIALS, ChiefMetrics
+from kt_cluster.chief.oracle import cluster_oracle_class
 
 Status = keras_tuner.engine.trial.TrialStatus
 

@@ -8,15 +8,15 @@ import grpc
 import pytest
 
 from harness import TOKEN
-from worker import protocol
+from kt_cluster.core import compat, protocol
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def oracle_call(address, method, request, token=TOKEN, metadata=()):
-    messages = protocol.oracle_messages()
+    messages = compat.oracle_messages()
     with grpc.insecure_channel(address) as channel:
-        stub = protocol.oracle_stub_class()(channel)
+        stub = compat.oracle_stub_class()(channel)
         auth = [(protocol.AUTHORIZATION, f"Bearer {token}")] if token else []
         return getattr(stub, method)(getattr(messages, f"{method}Request")(**request),
                                      metadata=auth + list(metadata), timeout=10, wait_for_ready=True)
@@ -91,7 +91,7 @@ def test_hyperparameters_a_worker_adds_during_its_trial_are_kept(chief):
 
 
 def test_chief_refuses_to_start_without_auth_or_insecure(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ktc", "chief"], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-m", "kt_cluster", "chief"], capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "--auth-token-file" in result.stderr and "--insecure" in result.stderr
@@ -99,7 +99,7 @@ def test_chief_refuses_to_start_without_auth_or_insecure(tmp_path):
 
 @pytest.mark.parametrize("tuner_id", ["chief-worker-1", "mychief"])
 def test_worker_with_a_chief_like_id_is_refused(tmp_path, tuner_id):
-    result = subprocess.run([sys.executable, "-m", "ktc", "worker", "--insecure"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "kt_cluster", "worker", "--insecure"], capture_output=True, text=True,
                             timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                                               "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1"})
     assert result.returncode == 2
@@ -109,9 +109,9 @@ def test_worker_with_a_chief_like_id_is_refused(tmp_path, tuner_id):
 STOCK_WORKER = textwrap.dedent("""
     import sys
     import keras_tuner
-    from worker.config import load
-    from worker.data import pipeline
-    from worker.hypermodel import build_hypermodel
+    from kt_cluster.core.config import load
+    from kt_cluster.worker.data import pipeline
+    from kt_cluster.core.hypermodel import build_hypermodel
 
     config = load(sys.argv[1], env={{}})
     train, val, steps, val_steps = pipeline.datasets(config)
@@ -140,7 +140,7 @@ def test_stock_keras_tuner_worker_completes_a_search_against_an_insecure_chief(c
 
 
 def test_status_command_shows_progress_and_json(chief):
-    base = [sys.executable, "-m", "ktc", "status", "--chief", chief.address, "--auth-token-file", str(chief.token_path)]
+    base = [sys.executable, "-m", "kt_cluster", "status", "--chief", chief.address, "--auth-token-file", str(chief.token_path)]
     text = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0, text.stderr
     assert "trials" in text.stdout and "best:" in text.stdout
@@ -152,18 +152,18 @@ def test_status_command_shows_progress_and_json(chief):
 def test_status_command_with_a_wrong_token_says_unauthenticated(chief, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.write_text("wrong-token-0123456789")
-    out = subprocess.run([sys.executable, "-m", "ktc", "status", "--chief", chief.address, "--auth-token-file",
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--chief", chief.address, "--auth-token-file",
                           str(wrong)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
 
 
 def test_missing_token_file_names_the_file(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ktc", "status", "--auth-token-file", str(tmp_path / "no-token")],
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--auth-token-file", str(tmp_path / "no-token")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no-token" in out.stderr
 
 
 def test_chief_with_a_bad_hypermodel_fails_before_serving_naming_it(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ktc", "chief", "--insecure", "--hypermodel", "nope.mod:build",
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "chief", "--insecure", "--hypermodel", "nope.mod:build",
                           "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nope.mod:build" in out.stderr

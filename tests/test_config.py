@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.config import ConfigError, load
+from kt_cluster.core.config import ConfigError, load
 
 
 def write(tmp_path, text):

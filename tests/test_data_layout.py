@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.data.layout import DatasetError, Example, check_classes, is_empty, list_examples, read_classes
+from kt_cluster.core.dataset import DatasetError, Example, check_classes, is_empty, list_examples, read_classes
 
 CLASSES = ["stamp", "signature"]
 

@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from worker.config import DataConfig, SearchConfig
-from worker.data.layout import DatasetError, list_examples
-from worker.data.pipeline import (DataError, bad_file_in, cache_plan, datasets, explain_data_errors, find_bad_file,
+from kt_cluster.core.config import DataConfig, SearchConfig
+from kt_cluster.core.dataset import DatasetError, list_examples
+from kt_cluster.worker.data.pipeline import (DataError, bad_file_in, cache_plan, datasets, explain_data_errors, find_bad_file,
                                   positive_fractions)
-from worker.data.synth import DEFAULT_CLASSES, generate
+from kt_cluster.worker.data.synth import DEFAULT_CLASSES, generate
 
 CLASSES = DEFAULT_CLASSES[:3]
 SIZE = 32

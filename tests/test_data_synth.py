@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.data.layout import DatasetError, list_examples, read_classes
-from worker.data.synth import DEFAULT_CLASSES, Canvas, generate, render_page, resolve_classes
+from kt_cluster.core.dataset import DatasetError, list_examples, read_classes
+from kt_cluster.worker.data.synth import DEFAULT_CLASSES, Canvas, generate, render_page, resolve_classes
 
 
 def _files(root: Path) -> dict[str, bytes]:

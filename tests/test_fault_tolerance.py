@@ -7,7 +7,7 @@ to be caught mid-way.
 import signal
 import time
 
-from chief.state import Journal
+from kt_cluster.chief.state import Journal
 
 
 def running_on(status, tuner_id, min_epoch=0):
@@ -105,7 +105,7 @@ def test_a_trial_that_raises_fails_with_its_message_and_the_search_ends_clearly(
 def test_median_rule_stops_a_real_worker_trial_early(cluster):
     """Three trials reported at val_f1 0.99 every epoch set the median no tiny U-Net reaches; the
     next trial a real worker trains is told to stop after its first epoch and recorded so."""
-    from worker.client import ChiefClient
+    from kt_cluster.worker.client import ChiefClient
     from harness import TOKEN
 
     c = cluster(config={"max_trials": 4, "epochs": 6, "early_stopping": True})

@@ -11,9 +11,9 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from worker.config import ConfigError, SearchConfig
-from worker.hypermodel import HypermodelError, build_hypermodel, default_space_builder, load_hypermodel
-from worker.losses import WeightedBinaryCrossentropy
+from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core.hypermodel import HypermodelError, build_hypermodel, default_space_builder, load_hypermodel
+from kt_cluster.core.losses import WeightedBinaryCrossentropy
 
 MODULE = "ktc_tmp_hypermodel"
 
@@ -50,7 +50,7 @@ def test_default_space_has_exactly_the_articles_hyperparameters():
 
 
 def test_net_depth_max_is_clamped_to_the_image_size_with_one_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="worker.hypermodel"):
+    with caplog.at_level(logging.WARNING, logger="kt_cluster.core.hypermodel"):
         builder = default_space_builder(_config(image_size=16))
         hp = keras_tuner.HyperParameters()
         builder(hp)

@@ -26,7 +26,7 @@ def local_search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
     config = merge(TINY, {"max_trials": 4, "epochs": 2})
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", "2", "--config", str(tmp / "search.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--config", str(tmp / "search.yaml"),
                              "--data", str(tmp / "data"), "--results", str(tmp / "results")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     scrapes = {"chief": [], "worker": []}
@@ -124,7 +124,7 @@ def test_worker_metrics_show_trial_epoch_and_per_epoch_metrics(local_search):
 
 
 def test_results_command_exports_every_trial(local_search):
-    out = subprocess.run([sys.executable, "-m", "ktc", "results", "--results", str(local_search["results"]),
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "results", "--results", str(local_search["results"]),
                           "--format", "json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
@@ -147,7 +147,7 @@ def test_ctrl_c_stops_the_search_and_leaves_no_process_behind(tmp_path):
     config = merge(TINY, {"max_trials": 6, "epochs": 30})
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
     results = tmp_path / "results-ctrl-c"
-    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", "2", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--config",
                              str(tmp_path / "search.yaml"), "--data", str(tmp_path / "data"),
                              "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import keras
 
-from worker.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
-from worker.metrics import F1Score, IoU, Precision, Recall
+from kt_cluster.core.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
+from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
 
 METRICS = (F1Score, Precision, Recall, IoU)
 

@@ -175,7 +175,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("monitoring")
     config = dict(CONFIG, data=dict(CONFIG["data"], path=str(tmp / "data")), results=str(tmp / "results"))
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "ktc", "local", "--workers", "2", "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--quiet",
                              "--config", str(tmp / "search.yaml")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

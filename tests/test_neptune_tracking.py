@@ -14,8 +14,8 @@ import keras_tuner
 import pytest
 
 from harness import TINY
-from worker.config import load
-from worker.neptune_tracking import NeptuneTracker
+from kt_cluster.core.config import load
+from kt_cluster.core.neptune_tracking import NeptuneTracker
 
 neptune = pytest.importorskip("neptune")
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from chief.ongoing import OngoingTrials
+from kt_cluster.chief.ongoing import OngoingTrials
 from tests.test_oracle import finish, make_oracle
 
 

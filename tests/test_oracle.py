@@ -7,7 +7,7 @@ import pytest
 from keras_tuner.src.engine import oracle as kt_oracle
 from keras_tuner.src.engine import trial as trial_module
 
-from chief.oracle import NotHolder, UnknownTrial, cluster_oracle_class
+from kt_cluster.chief.oracle import NotHolder, UnknownTrial, cluster_oracle_class
 
 Status = trial_module.TrialStatus
 
@@ -284,8 +284,8 @@ def test_random_values_equal_keras_tuners_for_the_same_seed_state(tmp_path):
 def test_update_trial_replies_equal_keras_tuners_trial_proto(tmp_path):
     import random
 
-    from chief.metrics import ChiefMetrics
-    from chief.service import OracleService
+    from kt_cluster.chief.exporter import ChiefMetrics
+    from kt_cluster.chief.service import OracleService
 
     oracle = make_oracle(tmp_path, max_trials=50)
     service = OracleService(oracle, ChiefMetrics())
@@ -342,7 +342,7 @@ def test_journal_records_the_search_space_when_it_changes_and_restores_the_last(
 
 
 def test_journals_that_saved_the_whole_running_map_still_replay():
-    from chief.state import Replayed
+    from kt_cluster.chief.state import Replayed
 
     replayed = Replayed()
     replayed.apply({"oracle": {"ongoing_trials": {"w0": "00", "w1": "01"}, "seed": 1}})

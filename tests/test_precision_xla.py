@@ -11,8 +11,8 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 
-from worker.config import ConfigError, from_dict, load
-from worker.hypermodel import apply_precision_policy, build_hypermodel
+from kt_cluster.core.config import ConfigError, from_dict, load
+from kt_cluster.core.hypermodel import apply_precision_policy, build_hypermodel
 
 SMALL = {"data": {"image_size": 16}, "space": {"net_depth": {"min": 2, "max": 2},
                                               "start_neurons": {"min": 4, "max": 4, "step": 4}}}

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from ktc.cli import main
+from kt_cluster.cli import main
 
 pytest.importorskip("matplotlib")
 

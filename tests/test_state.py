@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from chief.state import atomic_write, compact_json
+from kt_cluster.chief.state import atomic_write, compact_json
 
 
 def _random_value(rng, depth=0):

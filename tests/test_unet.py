@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import keras
 
-from worker.losses import WeightedBinaryCrossentropy
-from worker.metrics import F1Score, IoU, Precision, Recall
-from worker.unet import max_depth, unet
+from kt_cluster.core.losses import WeightedBinaryCrossentropy
+from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
+from kt_cluster.core.unet import max_depth, unet
 
 SIZE = 32
 DEEPEST = max_depth(SIZE)  # 6 for 32x32: the bottleneck is 1x1

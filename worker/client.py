@@ -16,7 +16,7 @@ import grpc
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from worker import protocol
+from kt_cluster.core import compat, protocol
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -44,8 +44,8 @@ class ChiefClient:
             ("grpc.initial_reconnect_backoff_ms", 500),
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ])
-        self.stub = protocol.oracle_stub_class()(self.channel)
-        self.messages = protocol.oracle_messages()
+        self.stub = compat.oracle_stub_class()(self.channel)
+        self.messages = compat.oracle_messages()
         self._metadata = [(protocol.SESSION, self.session), (protocol.TUNER_ID, tuner_id)]
         if token:
             self._metadata.append((protocol.AUTHORIZATION, f"Bearer {token}"))
@@ -129,11 +129,3 @@ class ChiefClient:
     def close(self) -> None:
         self.channel.close()
 
-
-def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
-    """One `ktc.Coordinator/Status` call, for `ktc status` and `ktc local`'s progress view."""
-    metadata = [(protocol.AUTHORIZATION, f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(protocol.method_path(protocol.COORDINATOR_SERVICE, "Status"),
-                                   request_serializer=protocol.encode, response_deserializer=protocol.decode)
-        return call({}, metadata=metadata, timeout=timeout)

@@ -6,13 +6,15 @@ import logging
 
 from prometheus_client import start_http_server
 
-from worker.client import ChiefClient
-from worker.config import ConfigError, SearchConfig
-from worker.data import layout, pipeline
-from worker.neptune_tracking import NeptuneTracker
-from worker.runner import Worker
-from worker.telemetry import WorkerMetrics
-from worker.tuner import build_tuner, configure_devices
+from kt_cluster.worker.client import ChiefClient
+from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core import dataset
+from kt_cluster.worker.data import pipeline
+from kt_cluster.core.neptune_tracking import NeptuneTracker
+from kt_cluster.worker.runner import Worker
+from kt_cluster.worker.exporter import WorkerMetrics
+from kt_cluster.core.tuner import build_tuner
+from kt_cluster.worker.tuner import WorkerTuner, configure_devices
 
 log = logging.getLogger("ktc.worker")
 
@@ -36,7 +38,7 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
     tracker = NeptuneTracker.for_worker(config, tuner_id)
     try:
-        tuner = build_tuner(config, class_fractions=_class_fractions(config))
+        tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner)
         client = ChiefClient(tuner.oracle, address, tuner_id, token)
         tuner.oracle = client
         worker = Worker(config, tuner, client, metrics, grace_seconds=grace_seconds, tracker=tracker)
@@ -52,6 +54,6 @@ def _class_fractions(config: SearchConfig) -> list[float] | None:
     """Class balance for the loss; with unreadable data the trials fail and say why."""
     try:
         return pipeline.positive_fractions(config)
-    except (pipeline.DataError, layout.DatasetError) as exc:
+    except (pipeline.DataError, dataset.DatasetError) as exc:
         log.warning("cannot weight classes: %s", exc)
         return None

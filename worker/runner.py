@@ -23,11 +23,12 @@ import keras
 from keras_tuner import errors as kt_errors
 from keras_tuner.src.engine import trial as trial_module
 
-from worker.client import ChiefClient, LeaseLost
-from worker.config import SearchConfig
-from worker.data import layout, pipeline
-from worker.telemetry import WorkerMetrics
-from worker.tuner import ClusterTuner
+from kt_cluster.worker.client import ChiefClient, LeaseLost
+from kt_cluster.core.config import SearchConfig
+from kt_cluster.core import dataset
+from kt_cluster.worker.data import pipeline
+from kt_cluster.worker.exporter import WorkerMetrics
+from kt_cluster.worker.tuner import WorkerTuner
 
 log = logging.getLogger("ktc.worker")
 TrialStatus = trial_module.TrialStatus
@@ -98,7 +99,7 @@ class ClusterCallback(keras.callbacks.Callback):
 
 
 class Worker:
-    def __init__(self, config: SearchConfig, tuner: ClusterTuner, client: ChiefClient, metrics: WorkerMetrics,
+    def __init__(self, config: SearchConfig, tuner: WorkerTuner, client: ChiefClient, metrics: WorkerMetrics,
                  grace_seconds: float = 25.0, tracker=None):
         self.config, self.tuner, self.client, self.metrics = config, tuner, client, metrics
         self.tracker = tracker  # a NeptuneTracker, or None
@@ -165,7 +166,7 @@ class Worker:
             trial.status = TrialStatus.COMPLETED
         except TrialInterrupted:
             run.interrupted = True
-        except (layout.DatasetError, kt_errors.FailedTrialError, kt_errors.FatalError) as exc:
+        except (dataset.DatasetError, kt_errors.FailedTrialError, kt_errors.FatalError) as exc:
             trial.status, trial.message = TrialStatus.FAILED, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bad trial fails that trial, never the worker
             trial.status = TrialStatus.INVALID

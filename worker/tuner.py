@@ -1,70 +1,24 @@
-"""The keras-tuner Tuner both roles build from one search config.
+"""The worker's Tuner: trials that resume from per-epoch checkpoints and warm-start from a parent.
 
-The chief builds it to own the oracle (its class wrapped by the chief's mixin); a worker builds
-it to train trials, then swaps the oracle for a `ChiefClient`. One `ClusterTuner` serves every
-tuner kind: Hyperband's only tuner-side behaviour (epochs from `tuner/epochs`, warm start from
-the parent trial's checkpoint) applies whenever a trial carries those hyperparameters.
+Hyperband's only tuner-side behaviour (epochs from `tuner/epochs`, warm start from the parent
+trial's checkpoint) applies whenever a trial carries those hyperparameters, so one `WorkerTuner`
+serves every tuner kind (ASHA's promotions use the same conventions).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Callable
 
-import keras_tuner
 from keras_tuner.src.engine import tuner_utils
 
-from worker import checkpoints
-from worker.asha import ASHAOracle
-from worker.config import SearchConfig
-from worker.hypermodel import build_hypermodel
+from kt_cluster.core.tuner import SearchTuner
+from kt_cluster.worker import checkpoints
 
 log = logging.getLogger("ktc.worker")
 
-ORACLES: dict[str, type] = {
-    "hyperband": keras_tuner.oracles.HyperbandOracle,
-    "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
-    "random": keras_tuner.oracles.RandomSearchOracle,
-    "asha": ASHAOracle,
-}
 
-
-def oracle_kwargs(config: SearchConfig) -> dict[str, Any]:
-    common = {
-        "objective": keras_tuner.Objective(config.objective, direction=config.direction),
-        "seed": config.seed,
-        "max_retries_per_trial": config.max_retries_per_trial,
-        "max_consecutive_failed_trials": config.max_consecutive_failed_trials,
-    }
-    if config.tuner == "hyperband":
-        # keras-tuner's Hyperband has no max_trials; we cap the trial count on top of it.
-        return common | {"max_epochs": config.max_epochs, "factor": config.hyperband_factor,
-                         "hyperband_iterations": config.hyperband_iterations}
-    if config.tuner == "asha":
-        return common | {"max_trials": config.max_trials, "min_epochs": config.min_epochs,
-                         "max_epochs": config.max_epochs, "eta": config.hyperband_factor}
-    return common | {"max_trials": config.max_trials}
-
-
-def make_oracle(config: SearchConfig, wrap: Callable[[type], type] | None = None) -> keras_tuner.Oracle:
-    cls = ORACLES[config.tuner]
-    oracle = (wrap(cls) if wrap else cls)(**oracle_kwargs(config))
-    oracle.max_trials = config.max_trials
-    return oracle
-
-
-class ClusterTuner(keras_tuner.Tuner):
-    """A Tuner whose trials resume from per-epoch checkpoints; its state lives on the chief."""
-
-    def save(self) -> None:
-        """Nothing to save here: the chief's journal holds the search state."""
-
-    def reload(self) -> None:
-        """Nothing to reload: a worker asks the chief."""
-
-    def trial_dir(self, trial_id: str) -> Path:
-        return Path(self.get_trial_dir(trial_id))
+class WorkerTuner(SearchTuner):
+    """Trains one trial at a time for `kt_cluster.worker.runner.Worker`."""
 
     def _build_hypermodel(self, hp):
         model = super()._build_hypermodel(hp)
@@ -96,19 +50,6 @@ class ClusterTuner(keras_tuner.Tuner):
         return progress.history
 
 
-def build_tuner(config: SearchConfig, wrap_oracle: Callable[[type], type] | None = None,
-                class_fractions: list[float] | None = None) -> ClusterTuner:
-    results = Path(config.results)
-    results.mkdir(parents=True, exist_ok=True)
-    return ClusterTuner(
-        oracle=make_oracle(config, wrap_oracle),
-        hypermodel=build_hypermodel(config, class_fractions=class_fractions),
-        directory=str(results),
-        project_name=config.search_id,
-        overwrite=False,
-    )
-
-
 def configure_devices(threads: int | None = None) -> list[str]:
     """Use the pod's GPUs with memory growth, so TensorFlow does not grab all memory up front.
 
@@ -124,4 +65,3 @@ def configure_devices(threads: int | None = None) -> list[str]:
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     return [gpu.name for gpu in gpus]
-

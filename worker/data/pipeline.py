@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from worker.config import SearchConfig
-from worker.data.layout import SPLITS, DatasetError, Example, check_classes, list_examples
+from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.dataset import SPLITS, DatasetError, Example, check_classes, list_examples
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"

@@ -1,4 +1,4 @@
-"""A synthetic dataset of scanned paper pages, written in the layout of `worker.data.layout`.
+"""A synthetic dataset of scanned paper pages, written in the layout of `kt_cluster.core.dataset`.
 
 Pages are off-white, tinted and noisy, with body text (dark bars, or letter-like strokes at
 larger sizes), tables whose first column holds ordering numbers, translucent round or
@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from worker.data.layout import CLASSES_FILE, DatasetError, check_class_name, is_empty
+from kt_cluster.core.dataset import CLASSES_FILE, DatasetError, check_class_name, is_empty
 
 DEFAULT_CLASSES = ["table_number", "stamp", "signature", "text", "table", "barcode", "checkbox", "logo"]
 MIN_SIZE = 32

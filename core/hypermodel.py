@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 import keras
 import keras_tuner
 
-from worker import unet as unet_lib
-from worker.config import ConfigError, SearchConfig
-from worker.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
-from worker.metrics import F1Score, IoU, Precision, Recall
+from kt_cluster.core import unet as unet_lib
+from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
+from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Rungs are trained for r, r*eta, r*eta^2, ... epochs, the last one capped at R (`
 1. looks for a promotable trial, highest rung first: one that COMPLETED at rung k, is among the
    best floor(n_k / eta) of the n_k trials completed at rung k, and has not been promoted yet.
    It comes back as a NEW trial with the same hyperparameters plus keras-tuner's Hyperband
-   conventions, so `worker.tuner.ClusterTuner` warm-starts it from the parent's checkpoint:
+   conventions, so `kt_cluster.worker.tuner.WorkerTuner` warm-starts it from the parent's checkpoint:
    `tuner/epochs` = epochs of rung k+1, `tuner/initial_epoch` = epochs of rung k,
    `tuner/trial_id` = the parent, `tuner/bracket` = 0, `tuner/round` = k+1;
 2. otherwise samples a new random configuration at rung 0 (`tuner/epochs` = r,

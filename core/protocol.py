@@ -1,4 +1,4 @@
-"""The wire protocol between workers and the chief: what a worker may import of the chief.
+"""The wire protocol between workers, tools and the chief.
 
 Two gRPC services share one port:
 - `keras_tuner.Oracle`: keras-tuner 1.4's own service and protos, unchanged, so stock workers work.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from keras_tuner.src import protos
+import grpc
 
 ORACLE_SERVICE = "keras_tuner.Oracle"
 COORDINATOR_SERVICE = "ktc.Coordinator"
@@ -53,15 +53,6 @@ def method_path(service: str, method: str) -> str:
     return f"/{service}/{method}"
 
 
-def oracle_messages():
-    """keras-tuner's generated request/response classes (module `service_pb2`)."""
-    return protos.get_service()
-
-
-def oracle_stub_class():
-    return protos.get_service_grpc().OracleStub
-
-
 def trim_message(message: str) -> bytes:
     """Keep the tail of a traceback: the error itself is on its last lines."""
     data = message.encode("utf-8", "replace")
@@ -74,3 +65,12 @@ def check_id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise ProtocolError(f"{field}: must be a printable string of 1 to {MAX_ID_LENGTH} characters")
     return value
+
+
+def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
+    """One `ktc.Coordinator/Status` call, for `ktc status` and `ktc local`'s progress view."""
+    metadata = [(AUTHORIZATION, f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(method_path(COORDINATOR_SERVICE, "Status"),
+                                   request_serializer=encode, response_deserializer=decode)
+        return call({}, metadata=metadata, timeout=timeout)
