@@ -22,6 +22,7 @@ from kt_cluster.core.dataset import DatasetError
 DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
 DEFAULT_WORKER_METRICS_PORT = 9101
+DATA_POLL_SECONDS = 5.0
 
 
 def _search_flags(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +122,26 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import time
+
+    from kt_cluster.core.dataset import DatasetError, check_dataset
+
+    config = load(args.config, overrides={"data": args.data})
+    deadline, said = time.monotonic() + args.wait, None
+    while True:
+        try:
+            print(check_dataset(Path(config.data.path), config.data.classes), flush=True)
+            return 0
+        except DatasetError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if str(exc) != said:  # one line per new problem, not one per poll
+                print(f"ktc data check: waiting for the dataset: {exc}", flush=True)
+                said = str(exc)
+            time.sleep(min(DATA_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from kt_cluster.status import show_status
 
@@ -174,6 +195,12 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--classes", default="3", help="a count, or comma-separated class names")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+    check = data.add_parser("check", help="check a dataset against the search config (what the chief checks at start)")
+    check.add_argument("--config", help="search config YAML (its data.path and data.classes)")
+    check.add_argument("--data", help="dataset directory (overrides data.path)")
+    check.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="keep checking for up to this long until the dataset is complete (an init container)")
+    check.set_defaults(func=cmd_data_check)
 
     status = sub.add_parser("status", help="progress of a running search")
     status.add_argument("--chief", default=f"localhost:{DEFAULT_ORACLE_PORT}", help="HOST:PORT of the chief")

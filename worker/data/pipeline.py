@@ -30,7 +30,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kt_cluster.core.config import SearchConfig
-from kt_cluster.core.dataset import SPLITS, DatasetError, Example, check_classes, list_examples
+from kt_cluster.core.dataset import SPLITS, DatasetError, Example, check_classes, check_example, list_examples, open_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -124,7 +124,7 @@ def find_bad_file(config: SearchConfig) -> str | None:
     """
     for split in SPLITS:
         for example in list_examples(config.data_dir, split, config.data.classes):
-            problem = _check_example(example)
+            problem = check_example(example)
             if problem is not None:
                 return problem
     return None
@@ -197,39 +197,8 @@ def _hw(shape: tf.Tensor) -> tf.Tensor:
     return tf.strings.join([tf.strings.as_string(shape[1]), "x", tf.strings.as_string(shape[0])])
 
 
-def _check_example(example: Example) -> str | None:
-    """The PIL counterpart of the graph checks, plus full decoding."""
-    image, problem = _open(example.image, ("PNG", "JPEG"))
-    if problem is not None:
-        return problem
-    for path in example.masks:
-        mask, problem = _open(path, ("PNG",))
-        if problem is not None:
-            return problem
-        if mask.mode == "P" or len(mask.getbands()) != 1:
-            return f"{path}: mask has {len(mask.getbands())} channels ({mask.mode}), expected 1"
-        if mask.size != image.size:
-            w, h = mask.size
-            return f"{path}: mask is {w}x{h} pixels but its image {example.image} is {image.width}x{image.height}"
-    return None
-
-
-def _open(path: Path, formats: tuple[str, ...]) -> tuple[Image.Image | None, str | None]:
-    """The fully decoded image, or a description of why it cannot be used."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except OSError as exc:
-        return None, f"{path}: cannot be read or decoded ({exc})"
-    except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return None, f"{path}: cannot be decoded ({exc})"
-    if image.format not in formats:
-        return None, f"{path}: is {image.format}, expected {' or '.join(formats)}"
-    return image, None
-
-
 def _positive_fraction(path: Path, size: int) -> float:
-    image, problem = _open(path, ("PNG",))
+    image, problem = open_image(path, ("PNG",))
     if problem is not None:
         raise DataError(problem)
     mask = np.asarray(image.resize((size, size), Image.Resampling.NEAREST))
