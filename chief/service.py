@@ -27,6 +27,7 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import metrics_tracking
 from keras_tuner.src.engine import trial as trial_module
 
+from kt_cluster.chief import health
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import NotHolder, UnknownTrial
 from kt_cluster.core import compat, protocol
@@ -289,6 +290,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         self._metrics = metrics
 
     async def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method in health.UNAUTHENTICATED_METHODS:  # kubelet's probe
+            return await continuation(handler_call_details)
         for key, value in handler_call_details.invocation_metadata or ():
             if key == protocol.AUTHORIZATION and hmac.compare_digest(str(value).encode(), self._expected):
                 return await continuation(handler_call_details)
@@ -340,6 +343,8 @@ class ChiefServer:
                                        options=SERVER_OPTIONS)
         compat.add_oracle_servicer(OracleService(oracle, metrics), self._server)
         self._server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
+        self._health = health.ChiefHealth()
+        await self._health.register(self._server)
         try:
             port = self._server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc raises where older versions returned 0
@@ -347,11 +352,13 @@ class ChiefServer:
         if port == 0:
             raise OSError(f"cannot bind the chief's gRPC port at {address}")
         await self._server.start()
+        await self._health.serving()
         return port
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, give running ones `grace` seconds, then close the loop."""
         try:
+            self._run(self._health.stopping(), timeout=5)
             self._run(self._server.stop(grace), timeout=grace + 10)
         finally:
             self._close_loop()

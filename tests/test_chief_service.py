@@ -54,6 +54,60 @@ def test_calls_without_the_right_token_are_unauthenticated(chief, token):
     assert code_of(lambda: oracle_call(chief.address, "GetSpace", {}, token=token)) == grpc.StatusCode.UNAUTHENTICATED
 
 
+def health_check(address, service="", token=None):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    auth = [(protocol.AUTHORIZATION, f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                          metadata=auth, timeout=10, wait_for_ready=True)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def test_health_check_answers_without_the_token_and_nothing_else_does(chief):
+    """Kubernetes' gRPC probe sends no token: Check must answer it; every other call still needs one."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for service in ("", protocol.ORACLE_SERVICE, protocol.COORDINATOR_SERVICE):
+        assert health_check(chief.address, service) == "SERVING", service
+    assert health_check(chief.address, token="wrong-token-0123456789") == "SERVING"  # a token is ignored
+    assert code_of(lambda: health_check(chief.address, "no.such.Service")) == grpc.StatusCode.NOT_FOUND
+    with grpc.insecure_channel(chief.address) as channel:  # the stream stays behind the token
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert code_of(lambda: next(watch)) == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: oracle_call(chief.address, "GetSpace", {}, token=None)) == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(chief.address) as channel:
+        status = channel.unary_unary(protocol.method_path(protocol.COORDINATOR_SERVICE, "Status"))
+        assert code_of(lambda: status(b"{}", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_is_not_serving_until_the_server_says_so_and_after_it_stops():
+    """ChiefHealth starts NOT_SERVING (grpc's servicer would say SERVING) until `serving()`, which
+    ChiefServer calls once its server has started; `stopping()` is final."""
+    import asyncio
+
+    from kt_cluster.chief.health import ChiefHealth
+
+    async def scenario():
+        server, health = grpc.aio.server(), ChiefHealth()
+        await health.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        address = f"127.0.0.1:{port}"
+        try:
+            seen = [await asyncio.to_thread(health_check, address)]
+            await health.serving()
+            seen.append(await asyncio.to_thread(health_check, address, protocol.ORACLE_SERVICE))
+            await health.stopping()
+            await health.serving()  # too late: stopping is final
+            seen.append(await asyncio.to_thread(health_check, address))
+        finally:
+            await server.stop(0)
+        return seen
+
+    assert asyncio.run(scenario()) == ["NOT_SERVING", "SERVING", "NOT_SERVING"]
+
+
 def test_bad_requests_get_status_codes_and_the_chief_keeps_serving(chief):
     a = chief.address
     assert code_of(lambda: oracle_call(a, "GetTrial", {"trial_id": "no-such-trial"})) == grpc.StatusCode.NOT_FOUND
