@@ -1,15 +1,25 @@
-"""Scale the worker StatefulSet to zero when the search is over.
+"""Keep the worker StatefulSet at zero replicas once the search is over.
 
 Workers exit 0 once told the search is over, and a StatefulSet restarts them (restartPolicy
-Always): without this they would start, hear "over" and exit in a loop. The chief's RBAC allows
-exactly this: get/patch on the `statefulsets/scale` subresource of its own worker StatefulSet.
+Always): without this they would start, hear "over" and exit in a loop, each holding a GPU. So
+the chief scales them to zero when the search ends and, while it lingers, scales them back to
+zero whenever something raised them again (a `helm upgrade` rendering `workers.replicas`, a
+`kubectl scale`), for as long as the search stays over. The chief's RBAC allows exactly this:
+get and patch on the `statefulsets/scale` subresource of its own worker StatefulSet.
+
+In a pod the API is reached with the pod's service account; elsewhere (`ktc chief` started by
+hand next to a cluster) with the kubeconfig (`KUBECONFIG`, else `~/.kube/config`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger("ktc.chief")
+
+# The client would send a dict body as a JSON patch (a list of operations), which the API rejects.
+MERGE_PATCH = "application/merge-patch+json"
 
 
 def parse_target(value: str) -> tuple[str, str]:
@@ -19,16 +29,58 @@ def parse_target(value: str) -> tuple[str, str]:
     return namespace, name
 
 
-def scale_to_zero(target: str) -> bool:
-    """Patch the scale subresource; a failure is logged, never fatal (the results are written)."""
-    from kubernetes import client, config
+class WorkerScaler:
+    """The `scale` subresource of one StatefulSet. API errors are logged (each new one once) and
+    never raised: the search's results are written whatever the API says."""
 
-    namespace, name = parse_target(target)
-    try:
-        config.load_incluster_config()
-        client.AppsV1Api().patch_namespaced_stateful_set_scale(name, namespace, {"spec": {"replicas": 0}})
-    except Exception as exc:  # noqa: BLE001 - API errors, missing in-cluster config
-        log.error("could not scale statefulset %s/%s to zero: %s", namespace, name, exc)
-        return False
-    log.info("scaled statefulset %s/%s to zero: the search is over", namespace, name)
-    return True
+    def __init__(self, target: str):
+        self.namespace, self.name = parse_target(target)
+        self._apps = None
+        self._last_error: str | None = None
+
+    def _api(self):
+        if self._apps is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config(os.environ.get("KUBECONFIG"))  # read now, not at import
+            self._apps = client.AppsV1Api()
+        return self._apps
+
+    def scale_to_zero(self) -> bool:
+        try:
+            self._patch_zero()
+        except Exception as exc:  # noqa: BLE001 - API errors, no cluster config
+            self._failed(exc)
+            return False
+        log.info("scaled statefulset %s/%s to zero: the search is over", self.namespace, self.name)
+        return True
+
+    def keep_at_zero(self) -> int:
+        """Scale back to zero if something raised the replicas; returns what they had been raised
+        to (0 when they were at zero, or when the API could not be asked)."""
+        try:
+            scale = self._api().read_namespaced_stateful_set_scale(self.name, self.namespace)
+            raised = scale.spec.replicas or 0
+            if raised:
+                self._patch_zero()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            return 0
+        self._last_error = None
+        if raised:
+            log.warning("the search is over: scaled statefulset %s/%s from %d back to zero", self.namespace,
+                        self.name, raised)
+        return raised
+
+    def _patch_zero(self) -> None:
+        self._api().patch_namespaced_stateful_set_scale(self.name, self.namespace, {"spec": {"replicas": 0}},
+                                                        _content_type=MERGE_PATCH)
+
+    def _failed(self, exc: Exception) -> None:
+        message = f"could not scale statefulset {self.namespace}/{self.name} to zero: {exc}"
+        if message != self._last_error:
+            log.error("%s", message)
+            self._last_error = message

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from kt_cluster.chief.k8s import scale_to_zero
+from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
@@ -25,6 +25,8 @@ from kt_cluster.core.tuner import build_tuner
 
 log = logging.getLogger("ktc.chief")
 TICK_SECONDS = 0.5
+# How often a lingering chief checks that the workers of its finished search stay at zero.
+KEEP_AT_ZERO_SECONDS = 5.0
 
 
 def state_dir(config: SearchConfig) -> Path:
@@ -76,10 +78,13 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
             tracker.finish(oracle)
         if oracle.failure:
             print(f"chief: the search failed: {oracle.failure}", flush=True)
-        if scale_workers:
-            scale_to_zero(scale_workers)
+        scaler = WorkerScaler(scale_workers) if scale_workers else None
+        if scaler:
+            scaler.scale_to_zero()
         if linger:
-            terminated.wait()
+            while not terminated.wait(KEEP_AT_ZERO_SECONDS):
+                if scaler and oracle.done:  # only while the search is over
+                    scaler.keep_at_zero()
         return 1 if oracle.failure else 0
     finally:
         server.stop(grace=2)

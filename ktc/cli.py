@@ -174,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
     chief.add_argument("--linger", action="store_true",
                        help="keep serving status and metrics after the search is over (for Kubernetes)")
     chief.add_argument("--scale-workers-on-exit", metavar="NAMESPACE/STATEFULSET",
-                       help="when the search is over, scale this worker StatefulSet to zero (in-cluster API)")
+                       help="when the search is over, scale this worker StatefulSet to zero, and keep it there while "
+                            "--linger (the pod's service account, else the kubeconfig)")
     chief.set_defaults(func=cmd_chief)
 
     worker = sub.add_parser("worker", help="run trials (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT)")
