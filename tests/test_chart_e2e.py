@@ -1,7 +1,7 @@
 """The chart's own pods, run as local processes: a real 2-worker search wired only by the chart.
 
-The chart is rendered by Helm's engine with a tiny search; the chief Deployment's and the
-worker StatefulSet's containers then run here as Kubernetes would run them:
+The chart is rendered by Helm's engine with a tiny search; the chief's and the workers'
+StatefulSets' containers then run here as Kubernetes would run them:
 
 - command and args exactly as rendered (the worker's `sh -c` script included), `$(VAR)`
   expanded as the kubelet does, with `ktc` on PATH running this interpreter's `ktc`;
@@ -13,10 +13,11 @@ worker StatefulSet's containers then run here as Kubernetes would run them:
 - the chief Service's DNS name resolves to 127.0.0.1, and the rendered ports (checked to agree
   with each other first) are replaced by free local ports, as two pods on one machine cannot
   share a port;
-- init containers run (with their paths rewritten) and must succeed before the workers start.
-
-What cannot run here: `--scale-workers-on-exit` (no Kubernetes API) is dropped from the
-chief's args after checking its target is this release's worker StatefulSet.
+- init containers run (with their paths rewritten) and must succeed before their pod starts;
+- probes are asked as the kubelet asks them: gRPC health without a token, HTTP GET;
+- the Kubernetes API the chief uses to keep its workers at zero is tests/kube_api.py, which
+  serves exactly what the rendered Role grants, reached through a kubeconfig (there is no
+  service account token outside a pod).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import yaml
 
 from chart_support import container, find, pod_spec, render
 from harness import make_dataset
+from kube_api import KubeApi
 from kt_cluster.local import free_ports
 from kt_cluster.core.protocol import status as chief_status
 
@@ -52,9 +54,6 @@ VALUES: dict[str, Any] = {
                   "activation": ["relu", "elu"], "dropout": False, "bn_after_act": False},
     },
     "workers": {"replicas": 2},
-    # Renders the workers' wait-for-data init container (the data Job itself is not run here:
-    # the dataset comes from harness.make_dataset).
-    "data": {"synth": {"enabled": True, "count": 16}},
 }
 STARTUP_TIMEOUT = 240.0
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
@@ -91,18 +90,45 @@ def service_port(svc: dict, name: str) -> dict:
     return next(p for p in svc["spec"]["ports"] if p["name"] == name)
 
 
-def check_probes_hit(c: dict, port: int) -> None:
-    probes = [k for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in c]
-    assert probes, f"{c['name']}: no probes"
-    for kind in probes:
-        get = c[kind]["httpGet"]
-        assert get["path"] == "/metrics" and port_named(c, get["port"]) == port, (c["name"], kind, get)
+def probe_targets(c: dict) -> dict[str, tuple[str, int]]:
+    """{probe kind: ("grpc" | "/metrics", container port)}; every port is one the container has."""
+    found = {}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if kind not in c:
+            continue
+        if "grpc" in c[kind]:
+            port = c[kind]["grpc"]["port"]
+            assert port in [p["containerPort"] for p in c.get("ports", [])], (c["name"], kind)
+            found[kind] = ("grpc", port)
+        else:
+            found[kind] = (c[kind]["httpGet"]["path"], port_named(c, c[kind]["httpGet"]["port"]))
+    assert found, f"{c['name']}: no probes"
+    return found
+
+
+def probe(target: tuple[str, int], local_port: int) -> bool:
+    """The probe as the kubelet runs it: a gRPC health Check (no token), or an HTTP GET."""
+    import urllib.request
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    import grpc
+
+    try:
+        if target[0] == "grpc":
+            with grpc.insecure_channel(f"127.0.0.1:{local_port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+        with urllib.request.urlopen(f"http://127.0.0.1:{local_port}{target[0]}", timeout=2) as response:
+            return 200 <= response.status < 400
+    except Exception:  # noqa: BLE001 - not serving: the probe fails
+        return False
 
 
 class Pod:
     """One pod of a rendered workload: its volumes as local dirs."""
 
-    def __init__(self, name: str, spec: dict, objects: list[dict], root: Path, claims: dict[str, Path]):
+    def __init__(self, name: str, spec: dict, objects: list[dict], root: Path, claims: dict[str, Path],
+                 external_claims: frozenset[str] = frozenset()):
         self.name, self.spec = name, spec
         self.volumes: dict[str, Path] = {}
         self.config_files: list[Path] = []
@@ -111,7 +137,8 @@ class Pod:
             local = root / name / vname
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
-                assert any(o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == claim for o in objects), \
+                assert claim in external_claims or any(
+                    o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == claim for o in objects), \
                     f"{name}: volume {vname} mounts claim {claim}, which the chart does not create"
                 local = claims.setdefault(claim, root / "claims" / claim)
                 local.mkdir(parents=True, exist_ok=True)
@@ -229,19 +256,53 @@ def ktc_shim(bin_dir: Path) -> Path:
     return bin_dir
 
 
+def run_inits(inits: list[Process], timeout: float = 30) -> None:
+    """Each pod's init containers in order, the pods side by side; each must exit 0."""
+    for init in inits:
+        init.localise()
+    by_pod: dict[str, list[Process]] = {}
+    for init in inits:
+        by_pod.setdefault(init.pod.name, []).append(init)
+    for step in range(max(len(chain) for chain in by_pod.values())):
+        started = [chain[step].start() for chain in by_pod.values() if step < len(chain)]
+        try:
+            for init in started:
+                try:
+                    assert init.proc.wait(timeout=timeout) == 0, init.tail()
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"init container still running after {timeout} s\n{init.tail()}") from None
+        finally:
+            for init in started:
+                init.kill()
+
+
+def copy_dataset(source: Path, target: Path) -> None:
+    """As a careful loader does: everything else first, classes.txt last."""
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("classes.txt"))
+    shutil.copy2(source / "classes.txt", target / "classes.txt")
+
+
+def wait_until(condition, timeout: float, what: str, alive: list[Process] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in alive:
+            assert process.proc.poll() is None, f"{process.name} exited with {process.proc.returncode}\n{process.tail()}"
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s\n" + "\n".join(p.tail() for p in alive)
+        time.sleep(0.2)
+
+
 def test_chart_pods_run_a_search_as_rendered(tmp_path):
     objects = render(VALUES, release=RELEASE, namespace=NAMESPACE)
-    deployment, sts = find(objects, "Deployment", "-chief"), find(objects, "StatefulSet", "-worker")
+    chief_sts, sts = find(objects, "StatefulSet", "-chief"), find(objects, "StatefulSet", "-worker")
     chief_svc, worker_svc = find(objects, "Service", "-chief"), find(objects, "Service", "-worker")
-    chief_c, worker_c = container(deployment, "chief"), container(sts, "worker")
-    assert deployment["spec"]["replicas"] == 1 and sts["spec"]["replicas"] == 2
+    chief_c, worker_c = container(chief_sts, "chief"), container(sts, "worker")
+    assert chief_sts["spec"]["replicas"] == 1 and sts["spec"]["replicas"] == 2
     assert "chief" in sts["metadata"]["name"]  # the case where a careless id would contain "chief"
 
     bin_dir, logs = ktc_shim(tmp_path / "bin"), tmp_path / "logs"
     logs.mkdir()
     claims: dict[str, Path] = {}
-    chief_pod = Pod(f"{deployment['metadata']['name']}-7c9d5b8f4-x2k7q", pod_spec(deployment), objects,
-                    tmp_path / "pods", claims)
+    chief_pod = Pod(f"{chief_sts['metadata']['name']}-0", pod_spec(chief_sts), objects, tmp_path / "pods", claims)
     worker_pods = [Pod(f"{sts['metadata']['name']}-{i}", pod_spec(sts), objects, tmp_path / "pods", claims)
                    for i in range(sts["spec"]["replicas"])]
     chief = Process(chief_pod, chief_c, bin_dir, logs)
@@ -253,10 +314,11 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
     chief_metrics = port_named(chief_c, "metrics")
     assert port_named(chief_c, service_port(chief_svc, "metrics")["targetPort"]) == chief_metrics
     assert chief.argv[chief.argv.index("--metrics-port") + 1] == str(chief_metrics)
-    check_probes_hit(chief_c, chief_metrics)
+    chief_probes = probe_targets(chief_c)
+    assert chief_probes["readinessProbe"] == ("grpc", port_named(chief_c, grpc["targetPort"]))
     worker_metrics = port_named(worker_c, "metrics")
     assert port_named(worker_c, service_port(worker_svc, "metrics")["targetPort"]) == worker_metrics
-    check_probes_hit(worker_c, worker_metrics)
+    assert set(probe_targets(worker_c).values()) == {("/metrics", worker_metrics)}
     assert worker_c["command"] == ["sh", "-c"] and len(worker_c["args"]) == 1
     for w in workers:
         # Workers reach the chief through its Service: the Service's name and port.
@@ -264,26 +326,27 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
         assert int(w.env["KERASTUNER_ORACLE_PORT"]) == grpc["port"]
         assert re.findall(r"--metrics-port\s+(\d+)", w.argv[-1]) == [str(worker_metrics)]
 
-    # --- what only a cluster can do ------------------------------------------------------------
+    # --- the Kubernetes API: what the Role grants, through a kubeconfig -------------------------
     assert "--linger" in chief.argv  # the chief keeps serving after the search (restartPolicy Always)
-    if "--scale-workers-on-exit" in chief.argv:
-        at = chief.argv.index("--scale-workers-on-exit")
-        assert chief.argv[at + 1] == f"{NAMESPACE}/{sts['metadata']['name']}"  # $(POD_NAMESPACE) expanded
-        role = find(objects, "Role", "-chief")
-        assert role["rules"][0]["resourceNames"] == [sts["metadata"]["name"]]
-        del chief.argv[at:at + 2]  # no Kubernetes API here
+    at = chief.argv.index("--scale-workers-on-exit")
+    assert chief.argv[at + 1] == f"{NAMESPACE}/{sts['metadata']['name']}"  # $(POD_NAMESPACE) expanded
+    assert pod_spec(chief_sts)["automountServiceAccountToken"] is True
+    api = KubeApi()
+    api.allow(find(objects, "Role", "-chief"), NAMESPACE)
+    api.set_replicas(NAMESPACE, sts["metadata"]["name"], sts["spec"]["replicas"])
 
     # --- local ports and addresses ------------------------------------------------------------
     port, chief_metrics_local, *worker_metrics_local = free_ports(2 + len(workers))
     chief.env["KERASTUNER_ORACLE_PORT"] = str(port)
     chief.argv[chief.argv.index("--metrics-port") + 1] = str(chief_metrics_local)
+    local_port = {port_named(chief_c, "grpc"): port, chief_metrics: chief_metrics_local}
     for w, metrics_port in zip(workers, worker_metrics_local):
         w.env["KERASTUNER_ORACLE_IP"] = "127.0.0.1"  # the chief Service's DNS name
         w.env["KERASTUNER_ORACLE_PORT"] = str(port)
         w.argv[-1], n = re.subn(r"--metrics-port\s+\d+", f"--metrics-port {metrics_port}", w.argv[-1])
         assert n == 1
 
-    # --- volumes: the config file's paths, the token, the dataset ------------------------------
+    # --- volumes: the config file's paths, the token ---------------------------------------------
     config = yaml.safe_load((chief_pod.volumes["config"] / "search.yaml").read_text())
     for process in [chief, *workers]:
         for key, path in (("results", config["results"]), ("data.path", config["data"]["path"])):
@@ -299,66 +362,136 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
     for w in workers:  # one claim, shared
         assert Path(rewrite(config["data"]["path"], w.mounts)) == data_dir
         assert Path(rewrite(config["results"], w.mounts)) == results_dir
-    shutil.copytree(make_dataset(tmp_path / "dataset", count=16, size=32), data_dir, dirs_exist_ok=True)
-    for process in [chief, *workers]:
-        process.localise()
 
-    # --- init containers: run each (paths rewritten); each must succeed ------------------------
-    inits = [Process(pod, c, bin_dir, logs) for pod in worker_pods for c in pod.spec.get("initContainers", [])]
-    assert [i.c["name"] for i in inits] == ["wait-for-data"] * len(workers)
+    # --- the data gate: installed before the dataset is loaded, nothing trains until it is ----
+    inits = [Process(pod, c, bin_dir, logs) for pod in [chief_pod, *worker_pods] for c in pod.spec["initContainers"]]
+    assert [i.c["name"] for i in inits] == ["check-data"] * 3
     for init in inits:
         init.localise()
         init.start()
-        try:
-            assert init.proc.wait(timeout=30) == 0, init.tail()
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"init container still waiting after 30 s\n{init.tail()}") from None
-        finally:
+    try:
+        time.sleep(2.0)
+        for init in inits:  # waiting, and saying for what
+            assert init.proc.poll() is None, f"{init.name} did not wait for the dataset\n{init.tail()}"
+        wait_until(lambda: all("waiting for the dataset" in (logs / f"{i.name}.log").read_text() for i in inits),
+                   10, "a 'waiting for the dataset' line from every gate")
+        copy_dataset(make_dataset(tmp_path / "dataset", count=16, size=32), data_dir)
+        for init in inits:
+            try:
+                assert init.proc.wait(timeout=30) == 0, init.tail()
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{init.name} still waiting after the dataset arrived\n{init.tail()}") from None
+    finally:
+        for init in inits:
             init.kill()
 
     # --- the search ----------------------------------------------------------------------------
+    for process in [chief, *workers]:
+        process.localise()
+    chief.env["KUBECONFIG"] = str(api.kubeconfig(tmp_path / "kubeconfig"))  # not a pod path: after localise
     address = f"127.0.0.1:{port}"
     running = [chief]
-    try:
-        chief.start()
-        for w in workers:
-            running.append(w.start())
-        deadline, status = time.monotonic() + STARTUP_TIMEOUT, None
-        while time.monotonic() < deadline:
-            assert chief.proc.poll() is None, f"chief exited with {chief.proc.returncode}\n{chief.tail()}"
+    worker_name = sts["metadata"]["name"]
+    with api:
+        try:
+            chief.start()
+            # Ready (the Service sends workers to it) only once the oracle answers.
+            wait_until(lambda: probe(chief_probes["readinessProbe"], port), STARTUP_TIMEOUT, "chief Ready", [chief])
+            assert chief_status(address, token, timeout=5.0)["max_trials"] == VALUES["search"]["max_trials"]
+            liveness = chief_probes["livenessProbe"]
+            assert probe(liveness, local_port[liveness[1]])
             for w in workers:
-                assert w.proc.poll() in (None, 0), f"{w.name} exited with {w.proc.returncode}\n{w.tail()}"
-            try:
-                status = chief_status(address, token, timeout=2.0)
-            except Exception:  # noqa: BLE001 - not serving yet
-                status = None
-            if status and status["done"]:
-                break
-            time.sleep(0.5)
-        logs_text = "\n".join(p.tail() for p in running)
-        assert status and status["done"], f"search not over after {STARTUP_TIMEOUT}s: {status}\n{logs_text}"
-        assert not status["failure"], f"{status['failure']}\n{logs_text}"
-        assert set(status["workers"]) == {"worker-0", "worker-1"}, status["workers"]
+                running.append(w.start())
+            deadline, status = time.monotonic() + STARTUP_TIMEOUT, None
+            while time.monotonic() < deadline:
+                assert chief.proc.poll() is None, f"chief exited with {chief.proc.returncode}\n{chief.tail()}"
+                for w in workers:
+                    assert w.proc.poll() in (None, 0), f"{w.name} exited with {w.proc.returncode}\n{w.tail()}"
+                try:
+                    status = chief_status(address, token, timeout=2.0)
+                except Exception:  # noqa: BLE001 - not serving yet
+                    status = None
+                if status and status["done"]:
+                    break
+                time.sleep(0.5)
+            logs_text = "\n".join(p.tail() for p in running)
+            assert status and status["done"], f"search not over after {STARTUP_TIMEOUT}s: {status}\n{logs_text}"
+            assert not status["failure"], f"{status['failure']}\n{logs_text}"
+            assert set(status["workers"]) == {"worker-0", "worker-1"}, status["workers"]
 
-        for w in workers:  # told the search is over, a worker exits 0
-            try:
-                assert w.proc.wait(timeout=60) == 0, w.tail()
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"{w.name} still running after the search\n{w.tail()}") from None
-        best = results_dir / "best_hyperparameters.json"
-        deadline = time.monotonic() + 60
-        while not best.exists() and time.monotonic() < deadline:
-            assert chief.proc.poll() is None, f"chief exited with {chief.proc.returncode}\n{chief.tail()}"
-            time.sleep(0.3)
-        assert best.exists(), chief.tail()
-        assert chief.proc.poll() is None, "--linger: the chief keeps serving after the search"
-        chief.proc.send_signal(signal.SIGTERM)
-        assert chief.proc.wait(timeout=30) == 0, chief.tail()
-    finally:
-        for process in running:
-            process.kill()
+            for w in workers:  # told the search is over, a worker exits 0
+                try:
+                    assert w.proc.wait(timeout=60) == 0, w.tail()
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{w.name} still running after the search\n{w.tail()}") from None
+            best = results_dir / "best_hyperparameters.json"
+            wait_until(best.exists, 60, "best_hyperparameters.json", [chief])
+            # The chief scales its workers to zero, and puts them back to zero when an upgrade
+            # raises them while the search is over.
+            wait_until(lambda: api.get_replicas(NAMESPACE, worker_name) == 0, 30, "workers scaled to 0", [chief])
+            api.set_replicas(NAMESPACE, worker_name, 2)
+            wait_until(lambda: api.get_replicas(NAMESPACE, worker_name) == 0, 15, "workers back at 0", [chief])
+            assert chief.proc.poll() is None, "--linger: the chief keeps serving after the search"
+            assert probe(chief_probes["readinessProbe"], port)
+            assert {(r.verb, r.status) for r in api.requests} <= {("get", 200), ("patch", 200)}, api.requests
+            chief.proc.send_signal(signal.SIGTERM)
+            assert chief.proc.wait(timeout=30) == 0, chief.tail()
+        finally:
+            for process in running:
+                process.kill()
 
     trials = [json.loads(p.read_text()) for p in sorted((results_dir / config["search_id"]).glob("trial_*/trial.json"))]
     assert len(trials) == VALUES["search"]["max_trials"] == status["completed"]
     assert {t["status"] for t in trials} == {"COMPLETED"}, [(t["trial_id"], t["status"]) for t in trials]
     assert json.loads(best.read_text())["trial_id"] in {t["trial_id"] for t in trials}
+
+
+def test_data_gate_fails_a_mismatched_dataset_with_one_line(tmp_path):
+    """classes.txt that disagrees with search.data.classes: after data.check.waitSeconds the gate
+    exits 2 with one line naming it (the pod shows Init:Error), and nothing trains on it."""
+    objects = render(VALUES | {"data": {"check": {"waitSeconds": 1}}}, release=RELEASE, namespace=NAMESPACE)
+    sts = find(objects, "StatefulSet", "-worker")
+    pod = Pod(f"{sts['metadata']['name']}-0", pod_spec(sts), objects, tmp_path / "pods", {})
+    gate = Process(pod, pod.spec["initContainers"][-1], ktc_shim(tmp_path / "bin"), tmp_path)
+    config = pod.volumes["config"] / "search.yaml"
+    config.write_text(rewrite(config.read_text(), gate.mounts))
+    data = pod.volumes["data"]
+    make_dataset(tmp_path / "dataset", count=4, size=32)
+    copy_dataset(tmp_path / "dataset", data)
+    (data / "classes.txt").write_text("stamp\ntable_number\nsignature\n")  # another order
+    gate.localise()
+    gate.start()
+    try:
+        assert gate.proc.wait(timeout=30) == 2, gate.tail()
+    finally:
+        gate.kill()
+    last = (tmp_path / f"{gate.name}.log").read_text().strip().splitlines()[-1]
+    assert "classes.txt lists classes ['stamp', 'table_number', 'signature']" in last and "Traceback" not in last
+
+
+def test_init_containers_fill_a_per_pod_data_volume_before_the_gate(tmp_path):
+    """The object-storage pattern: data.volume is a per-pod emptyDir, an extraInitContainer copies
+    the dataset into it (here from an archive claim, as `aws s3 sync` would from a bucket), then the
+    gate checks it."""
+    values = VALUES | {"data": {"volume": {"emptyDir": {}}}, "workers": {
+        "replicas": 1,
+        "extraVolumes": [{"name": "archive", "persistentVolumeClaim": {"claimName": "scan-archive", "readOnly": True}}],
+        "extraInitContainers": [{
+            "name": "fetch-data", "image": "busybox", "command": ["sh", "-c"], "args": ["cp -R /archive/set1/. /data/"],
+            "volumeMounts": [{"name": "archive", "mountPath": "/archive", "readOnly": True},
+                             {"name": "data", "mountPath": "/data"}]}]}}
+    objects = render(values, release=RELEASE, namespace=NAMESPACE)
+    sts = find(objects, "StatefulSet", "-worker")
+    claims = {"scan-archive": tmp_path / "archive"}
+    make_dataset(claims["scan-archive"] / "set1", count=4, size=32)
+    pod = Pod(f"{sts['metadata']['name']}-0", pod_spec(sts), objects, tmp_path / "pods", claims,
+              external_claims=frozenset(claims))
+    assert "persistentVolumeClaim" not in next(v for v in pod.spec["volumes"] if v["name"] == "data")
+    bin_dir = ktc_shim(tmp_path / "bin")
+    inits = [Process(pod, c, bin_dir, tmp_path) for c in pod.spec["initContainers"]]
+    assert [i.c["name"] for i in inits] == ["fetch-data", "check-data"]
+    config = pod.volumes["config"] / "search.yaml"
+    config.write_text(rewrite(config.read_text(), inits[1].mounts))
+    run_inits(inits)
+    assert (pod.volumes["data"] / "classes.txt").exists()  # copied into the pod's own volume
+    assert "3 classes (table_number, stamp, signature)" in (tmp_path / f"{inits[1].name}.log").read_text()

@@ -18,7 +18,7 @@ import yaml
 from chart_support import CHART, MATRIX, container, env, find, find_all, pod_spec, render, render_files
 from kt_cluster.core.config import from_dict
 
-PODS = ("Deployment", "StatefulSet", "Job", "Pod")
+PODS = ("StatefulSet", "Job", "Pod")
 
 
 @pytest.fixture(scope="module", params=sorted(MATRIX))
@@ -42,31 +42,36 @@ def test_every_object_is_labelled_and_named_within_limits(rendered):
 def test_pods_are_locked_down(rendered):
     name, objects = rendered
     scale = (MATRIX[name] or {}).get("chief", {}).get("scaleWorkersOnExit", True)
+    openshift = name == "openshift"  # uid, gid and fsGroup left to OpenShift's SCC
     for obj in (o for o in objects if o["kind"] in PODS):
         spec = pod_spec(obj)
         where = f"{obj['kind']}/{obj['metadata']['name']}"
-        chief = obj["kind"] == "Deployment"
+        chief = obj["metadata"]["name"].endswith("-chief")
         assert spec["automountServiceAccountToken"] is (chief and scale), where
         assert spec["securityContext"]["runAsNonRoot"] is True, where
-        assert spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["fsGroup"] == 1000, where
+        ids = [spec["securityContext"].get(k) for k in ("runAsUser", "runAsGroup", "fsGroup")]
+        assert ids == ([None] * 3 if openshift else [1000] * 3), where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         for c in spec["containers"] + spec.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, where
-            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True, where
             assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], where
         mounts = {m["mountPath"]: m for c in spec["containers"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
         # The root filesystem is read-only: /tmp is the writable scratch space and HOME.
-        assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}, where
+        assert set(volumes[mounts["/tmp"]["name"]]) == {"name", "emptyDir"}, where
         if "/data" in mounts and obj["kind"] != "Job":
-            assert mounts["/data"]["readOnly"] is True, where
-            assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True, where
+            for c in spec["containers"] + [i for i in spec.get("initContainers", []) if i["name"] == "check-data"]:
+                data = next(m for m in c["volumeMounts"] if m["mountPath"] == "/data")
+                assert data["readOnly"] is True, (where, c["name"])
+            if "persistentVolumeClaim" in volumes["data"]:
+                assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True, where
 
 
 def test_chief_and_workers_share_config_token_and_volumes(rendered):
     name, objects = rendered
-    chief, workers = find(objects, "Deployment", "-chief"), find(objects, "StatefulSet", "-worker")
+    chief, workers = find(objects, "StatefulSet", "-chief"), find(objects, "StatefulSet", "-worker")
     for obj in (chief, workers):
         c = container(obj)
         assert env(c)["HOME"] == "/tmp" and env(c)["KERAS_HOME"] == "/tmp/.keras"
@@ -93,16 +98,20 @@ def test_search_config_is_accepted_by_ktc(rendered):
     for key, value in search.get("data", {}).items():
         assert getattr(config.data, key) == value, key
     checksum = hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
-    chief = find(objects, "Deployment", "-chief")
+    chief = find(objects, "StatefulSet", "-chief")
     assert chief["spec"]["template"]["metadata"]["annotations"]["checksum/config"] == checksum
 
 
 # --- the chief -----------------------------------------------------------------------------
 
-def test_chief_runs_one_recreated_replica_with_the_documented_command():
+def test_chief_is_a_one_pod_statefulset_with_the_documented_command():
+    """At most one chief: a StatefulSet replaces `<fullname>-chief-0` only once the old pod is gone."""
     objects = render()
-    chief = find(objects, "Deployment", "kt-cluster-chief")
-    assert chief["spec"]["replicas"] == 1 and chief["spec"]["strategy"] == {"type": "Recreate"}
+    chief = find(objects, "StatefulSet", "kt-cluster-chief")
+    assert chief["spec"]["replicas"] == 1 and "volumeClaimTemplates" not in chief["spec"]
+    assert chief["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert chief["spec"]["podManagementPolicy"] == "Parallel"  # a never-Ready chief is still replaced
+    assert not find_all(objects, "Deployment")
     c = container(chief)
     assert c["command"] == ["ktc"]
     assert c["args"] == ["chief", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
@@ -113,24 +122,46 @@ def test_chief_runs_one_recreated_replica_with_the_documented_command():
     assert e["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 8000, "metrics": 9100}
     service = find(objects, "Service", "kt-cluster-chief")
+    assert chief["spec"]["serviceName"] == service["metadata"]["name"]
     assert service["spec"]["type"] == "ClusterIP"
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8000, "metrics": 9100}
     assert service["spec"]["selector"] == chief["spec"]["selector"]["matchLabels"]
     assert chief["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()
-    pdb = find(objects, "PodDisruptionBudget", "-chief")
-    assert pdb["spec"]["maxUnavailable"] == 0 and pdb["spec"]["selector"] == chief["spec"]["selector"]
 
 
-@pytest.mark.parametrize("component", ["chief", "worker"])
-def test_probes_get_metrics(component):
-    obj = find(render(), "Deployment" if component == "chief" else "StatefulSet", f"-{component}")
-    c = container(obj)
+def test_chief_readiness_asks_grpc_health_and_liveness_reads_metrics():
+    c = container(find(render(), "StatefulSet", "-chief"))
+    grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+    assert c["startupProbe"]["grpc"] == {"port": grpc_port} and c["readinessProbe"]["grpc"] == {"port": grpc_port}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # Liveness never starts before the startup probe has let TensorFlow load and the state restore.
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
+    minimal = container(find(render(MATRIX["minimal"]), "StatefulSet", "-chief"))
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(minimal)
+
+
+def test_worker_probes_get_metrics():
+    c = container(find(render(), "StatefulSet", "-worker"))  # a worker serves no gRPC
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
-    # Liveness never starts before the startup probe has let TensorFlow load.
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
-    minimal = container(find(render(MATRIX["minimal"]), "Deployment", "-chief"))
-    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(minimal)
+
+
+def test_chief_budget_is_off_by_default_and_never_holds_an_unhealthy_chief():
+    """A budget forbidding the chief's eviction blocks drains, autoscaler scale-down and node
+    upgrades; none by default, and when enabled a chief that is not Ready may always go."""
+    objects = render()
+    assert not find_all(objects, "PodDisruptionBudget")
+    annotations = find(objects, "StatefulSet", "-chief")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"] == "tmp"
+    workers = find(objects, "StatefulSet", "-worker")["spec"]["template"]["metadata"]["annotations"]
+    assert workers["cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"] == "tmp,shm"
+    enabled = render({"chief": {"pdb": {"enabled": True}}, "workers": {"pdb": {"enabled": True}}})
+    chief = find(enabled, "StatefulSet", "-chief")
+    pdb = find(enabled, "PodDisruptionBudget", "-chief")
+    assert pdb["spec"] == {"maxUnavailable": 0, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                           "selector": chief["spec"]["selector"]}
+    assert find(enabled, "PodDisruptionBudget", "-worker")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_chief_may_scale_only_its_own_workers():
@@ -138,8 +169,8 @@ def test_chief_may_scale_only_its_own_workers():
     role, binding = find(objects, "Role", "-chief"), find(objects, "RoleBinding", "-chief")
     workers = find(objects, "StatefulSet", "-worker")
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets/scale"],
-                              "resourceNames": [workers["metadata"]["name"]], "verbs": ["get", "patch", "update"]}]
-    chief = find(objects, "Deployment", "-chief")
+                              "resourceNames": [workers["metadata"]["name"]], "verbs": ["get", "patch"]}]
+    chief = find(objects, "StatefulSet", "-chief")
     account = pod_spec(chief)["serviceAccountName"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ml"}]
@@ -150,15 +181,15 @@ def test_chief_may_scale_only_its_own_workers():
     # Off: no RBAC, no API token, no flag.
     objects = render({"chief": {"scaleWorkersOnExit": False}})
     assert not find_all(objects, "Role") and not find_all(objects, "RoleBinding")
-    chief = find(objects, "Deployment", "-chief")
+    chief = find(objects, "StatefulSet", "-chief")
     assert "--scale-workers-on-exit" not in container(chief)["args"]
     assert pod_spec(chief)["automountServiceAccountToken"] is False
 
 
 def test_chief_pdb_takes_min_available_when_set():
     pdb = find(render(MATRIX["customised"]), "PodDisruptionBudget", "-chief")
-    assert pdb["spec"] == {"minAvailable": 1, "selector": pdb["spec"]["selector"]}
-    assert not find_all(render(MATRIX["minimal"]), "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                           "selector": pdb["spec"]["selector"]}
 
 
 # --- the workers ---------------------------------------------------------------------------
@@ -182,7 +213,7 @@ def test_replica_count_and_token_stay_out_of_the_pod_templates():
     no pod restarts, no running trial handed back."""
     def templates(values):
         objects = render(values)
-        return [json.dumps(o["spec"]["template"], sort_keys=True) for o in objects if o["kind"] in PODS[:3]]
+        return [json.dumps(o["spec"]["template"], sort_keys=True) for o in objects if o["kind"] in PODS[:2]]
 
     assert templates(None) == templates(MATRIX["replicas-5"]) == templates({"workers": {"replicas": 0}})
     changed = templates({"search": {"max_trials": 99}})
@@ -245,7 +276,7 @@ def test_gpus_are_requested_and_limited(gpus):
     assert resources["requests"]["memory"] == "8Gi"
     tolerations = pod_spec(sts)["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    chief = find(render(), "Deployment", "-chief")
+    chief = find(render(), "StatefulSet", "-chief")
     assert "nvidia.com/gpu" not in json.dumps(container(chief)["resources"])
 
 
@@ -273,7 +304,7 @@ def test_token_secret_is_rendered_once_and_kept():
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     token = base64.b64decode(secret["data"]["token"]).decode()
     assert len(token) == 48 and token.isalnum()
-    for obj in (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Pod")):
+    for obj in (o for o in objects if o["kind"] in ("StatefulSet", "Pod")):
         volume = next(v for v in pod_spec(obj)["volumes"] if v["name"] == "token")
         assert volume["secret"]["secretName"] == secret["metadata"]["name"]
         assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
@@ -285,14 +316,14 @@ def test_token_secret_is_rendered_once_and_kept():
 def test_existing_token_secret_is_used_as_is():
     objects = render(MATRIX["existing-secret"])
     assert not find_all(objects, "Secret")
-    for obj in (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Pod")):
+    for obj in (o for o in objects if o["kind"] in ("StatefulSet", "Pod")):
         volume = next(v for v in pod_spec(obj)["volumes"] if v["name"] == "token")
         assert volume["secret"]["secretName"] == "search-token"
         assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
 
 
 def test_neptune_token_comes_from_its_secret_only_when_enabled():
-    for obj in (find(render(MATRIX["neptune"]), k, s) for k, s in (("Deployment", "-chief"), ("StatefulSet", "-worker"))):
+    for obj in (find(render(MATRIX["neptune"]), k, s) for k, s in (("StatefulSet", "-chief"), ("StatefulSet", "-worker"))):
         e = env(container(obj))
         assert e["NEPTUNE_PROJECT"] == "team/unet"
         assert e["NEPTUNE_API_TOKEN"] == {"secretKeyRef": {"name": "neptune", "key": "api-token"}}
@@ -317,13 +348,13 @@ def test_chart_creates_kept_read_write_many_claims():
 def test_existing_claims_are_mounted_instead():
     objects = render(MATRIX["existing-claims"])
     assert not find_all(objects, "PersistentVolumeClaim")
-    for obj in (find(objects, "Deployment", "-chief"), find(objects, "StatefulSet", "-worker")):
+    for obj in (find(objects, "StatefulSet", "-chief"), find(objects, "StatefulSet", "-worker")):
         volumes = {v["name"]: v for v in pod_spec(obj)["volumes"]}
         assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "scans", "readOnly": True}
         assert volumes["results"]["persistentVolumeClaim"] == {"claimName": "search-results"}
 
 
-def test_synthetic_data_job_fills_the_volume_once_and_workers_wait(tmp_path):
+def test_synthetic_data_job_fills_the_claim_once(tmp_path):
     objects = render(MATRIX["synthetic-data"])
     job = find(objects, "Job", "")
     assert job["metadata"]["name"].startswith("kt-cluster-data-synth-")
@@ -332,9 +363,6 @@ def test_synthetic_data_job_fills_the_volume_once_and_workers_wait(tmp_path):
     data = next(m for m in c["volumeMounts"] if m["mountPath"] == "/data")
     assert not data.get("readOnly")
     assert "--count 32 --size 64 --classes table_number,stamp,signature --seed 0" in c["args"][0]
-    init = pod_spec(find(objects, "StatefulSet", "-worker"))["initContainers"]
-    assert [i["name"] for i in init] == ["wait-for-data"] and "/data/classes.txt" in init[0]["command"][-1]
-    assert "initContainers" not in pod_spec(find(render(), "StatefulSet", "-worker"))
     assert not find_all(render(), "Job")
     # A change of the Job's pod template changes its name: Helm replaces it, never patches it.
     other = find(render({"data": {"synth": {"enabled": True, "count": 33}}}), "Job", "")
@@ -361,6 +389,103 @@ def test_synthetic_data_job_fills_the_volume_once_and_workers_wait(tmp_path):
     refused = subprocess.run(["sh", "-c", script], env=run_env, capture_output=True, text=True)
     assert refused.returncode == 1 and "not overwriting" in refused.stderr
     assert [p.name for p in data_dir.iterdir()] == ["mine"]
+
+
+def test_every_chief_and_worker_checks_the_dataset_last_before_starting(rendered):
+    """The data gate runs in every chief and worker pod, whatever the values, after the
+    extraInitContainers that may fill the dataset, with the pod's own image."""
+    name, objects = rendered
+    values = MATRIX[name] or {}
+    for kind_name, component in (("-chief", "chief"), ("-worker", "workers")):
+        obj = find(objects, "StatefulSet", kind_name)
+        inits = pod_spec(obj)["initContainers"]
+        extra = [c["name"] for c in values.get(component, {}).get("extraInitContainers", [])]
+        assert [c["name"] for c in inits] == extra + ["check-data"], (name, component)
+        gate = inits[-1]
+        assert gate["command"] == ["ktc", "data", "check", "--config", "/etc/ktc/search.yaml", "--wait", "3600"]
+        assert gate["image"] == container(obj)["image"]
+        mounts = {m["mountPath"]: m for m in gate["volumeMounts"]}
+        assert set(mounts) == {"/etc/ktc", "/data", "/tmp"} and mounts["/data"]["readOnly"] is True
+        assert "/var/run/ktc" not in mounts  # the gate needs no token
+
+
+def test_data_volume_replaces_the_claim_and_extra_init_containers_fill_it():
+    objects = render(MATRIX["object-storage"])
+    claims = [c["metadata"]["name"] for c in find_all(objects, "PersistentVolumeClaim")]
+    assert claims == ["kt-cluster-results"]  # no dataset claim
+    for kind_name in ("-chief", "-worker"):
+        spec = pod_spec(find(objects, "StatefulSet", kind_name))
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["data"] == {"name": "data", "emptyDir": {"sizeLimit": "20Gi"}}
+        fetch, gate = spec["initContainers"]
+        assert fetch["name"] == "fetch-data" and "aws s3 sync" in fetch["command"][-1]
+        assert {"name": "data", "mountPath": "/data"} in fetch["volumeMounts"]  # writable for the copy
+    bucket = render(MATRIX["bucket-mount"])
+    spec = pod_spec(find(bucket, "StatefulSet", "-worker"))
+    assert next(v for v in spec["volumes"] if v["name"] == "data")["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+    assert find(bucket, "StatefulSet", "-worker")["spec"]["template"]["metadata"]["annotations"][
+        "gke-gcsfuse/volumes"] == "true"
+    assert [c["metadata"]["name"] for c in find_all(bucket, "PersistentVolumeClaim")] == ["kt-cluster-results"]
+
+
+def test_extra_volumes_mounts_and_scheduling_values_pass_through():
+    objects = render(MATRIX["customised"])
+    chief, workers = (pod_spec(find(objects, "StatefulSet", s)) for s in ("-chief", "-worker"))
+    assert {"name": "certs", "secret": {"secretName": "ca"}} in chief["volumes"]
+    assert {"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True} in chief["containers"][0]["volumeMounts"]
+    assert "certs" not in {v["name"] for v in workers["volumes"]}
+    assert workers["runtimeClassName"] == "nvidia" and workers["schedulerName"] == "volcano"
+    assert "runtimeClassName" not in chief and "schedulerName" not in chief
+    assert chief["priorityClassName"] == "high"
+    tmp = {name: next(v for v in spec["volumes"] if v["name"] == "tmp")["emptyDir"]
+           for name, spec in (("chief", chief), ("workers", workers))}
+    assert tmp == {"chief": {}, "workers": {"sizeLimit": "8Gi"}}  # tmpSizeLimit null: no limit
+    defaults = render()
+    limits = [next(v for v in pod_spec(o)["volumes"] if v["name"] == "tmp")["emptyDir"].get("sizeLimit")
+              for o in defaults if o["kind"] in PODS]
+    assert limits and all(limits), "every /tmp has a size limit by default"
+
+
+def test_common_labels_reach_every_pod_but_no_selector():
+    objects = render(MATRIX["customised"] | {"data": {"synth": {"enabled": True}}})
+    for obj in (o for o in objects if o["kind"] in PODS):
+        labels = obj["metadata"]["labels"] if obj["kind"] == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
+        assert labels["team"] == "vision", obj["metadata"]["name"]
+        if obj["kind"] == "StatefulSet":
+            assert "team" not in obj["spec"]["selector"]["matchLabels"]
+    workers = find(objects, "StatefulSet", "-worker")["spec"]["template"]["metadata"]["labels"]
+    assert workers["cost-center"] == "ml"  # the component's own podLabels as well
+    clash = render({"commonLabels": {"app.kubernetes.io/component": "x"}, "workers": {"podLabels": {"tier": "gpu"}}})
+    labels = find(clash, "StatefulSet", "-worker")["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "worker" and labels["tier"] == "gpu"  # selectors win
+
+
+@pytest.mark.parametrize("values,chief_image,worker_image", [
+    (None, "kt-cluster:0.1.0-cpu", "kt-cluster:0.1.0"),
+    ({"workers": {"gpus": 0}}, "kt-cluster:0.1.0-cpu", "kt-cluster:0.1.0-cpu"),
+    ({"image": {"repository": "r.example.com/ktc", "tag": "1.2.3"}}, "r.example.com/ktc:1.2.3-cpu", "r.example.com/ktc:1.2.3"),
+    (MATRIX["customised"], "registry.example.com/ml/kt-cluster-cpu:0.1.0-rc1@sha256:" + "cd" * 32,
+     "registry.example.com/ml/kt-cluster:0.1.0-rc1@sha256:" + "ab" * 32),
+])
+def test_chief_and_jobs_run_the_cpu_image_and_workers_the_gpu_image(values, chief_image, worker_image):
+    objects = render((values or {}) | {"data": {"synth": {"enabled": True}}})
+    assert container(find(objects, "StatefulSet", "-chief"))["image"] == chief_image
+    assert container(find(objects, "Job", ""))["image"] == chief_image
+    assert container(find(objects, "Pod", "-test-connection"))["image"] == chief_image
+    assert container(find(objects, "StatefulSet", "-worker"))["image"] == worker_image
+
+
+def test_openshift_leaves_uid_gid_and_fs_group_to_the_scc():
+    """`auto` (the default) does it where the cluster serves security.openshift.io; offline there is
+    no such API, so only `force` shows it here."""
+    for obj in (o for o in render(MATRIX["openshift"] | {"data": {"synth": {"enabled": True}}}) if o["kind"] in PODS):
+        spec = pod_spec(obj)
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(spec["securityContext"])
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for c in spec["containers"] + spec.get("initContainers", []):
+            assert not {"runAsUser", "runAsGroup"} & set(c["securityContext"])
+    assert pod_spec(find(render(), "StatefulSet", "-chief"))["securityContext"]["runAsUser"] == 1000
+
 
 
 # --- network policy ------------------------------------------------------------------------
@@ -402,7 +527,7 @@ def test_network_policy_values_pass_through():
 # --- monitoring ----------------------------------------------------------------------------
 
 def test_pods_carry_scrape_annotations_unless_a_service_monitor_scrapes_them():
-    for obj, port in ((find(render(), "Deployment", "-chief"), "9100"), (find(render(), "StatefulSet", "-worker"), "9101")):
+    for obj, port in ((find(render(), "StatefulSet", "-chief"), "9100"), (find(render(), "StatefulSet", "-worker"), "9101")):
         annotations = obj["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
         assert annotations["prometheus.io/path"] == "/metrics"
@@ -496,5 +621,80 @@ def test_notes_tell_how_to_follow_and_fetch_the_search():
     assert "kubectl -n ml port-forward svc/demo-kt-cluster-chief 8000" in notes
     assert "ktc status --chief localhost:8000" in notes
     assert "get secret demo-kt-cluster-auth -o jsonpath='{.data.token}' | base64 -d" in notes
-    assert "kubectl -n ml cp -c chief" in notes and ":/results ./results" in notes
+    assert "kubectl -n ml cp -c chief demo-kt-cluster-chief-0:/results ./results" in notes
     assert "scale statefulset/demo-kt-cluster-worker" in notes
+    assert "kubectl -n ml logs demo-kt-cluster-chief-0 -c check-data" in notes
+    assert "<chart>" not in notes  # a command to copy, not a template to fill in
+    # --reuse-values would skip new chart defaults; --reset-then-reuse-values does not.
+    assert "--reuse-values" not in notes.replace("--reset-then-reuse-values", "")
+
+
+def _notes(values=None) -> str:
+    return render_files(values)["kt-cluster/templates/NOTES.txt"]
+
+
+def test_notes_warn_when_read_write_many_meets_the_default_storage_class():
+    warning = "ReadWriteMany of the cluster's default"
+    assert warning in _notes() and "kt-cluster-data and kt-cluster-results ask" in _notes()
+    both = {v: {"persistence": {"storageClassName": "efs-sc"}} for v in ("data", "results")}
+    assert warning not in _notes(both)
+    assert warning not in _notes(MATRIX["existing-claims"])
+    only_results = _notes(MATRIX["object-storage"])  # the dataset is no claim
+    assert "the claim kt-cluster-results asks" in only_results and "kt-cluster-data" not in only_results
+    rwo = {v: {"persistence": {"accessModes": ["ReadWriteOnce"]}} for v in ("data", "results")}
+    assert warning not in _notes(rwo)
+
+
+def test_notes_say_who_may_scrape_and_warn_about_the_release_label():
+    notes = _notes({"monitoring": {"serviceMonitor": {"enabled": True}}})
+    assert "runs in\n   namespace(s) monitoring" in notes
+    assert "kube-prometheus-stack selects ServiceMonitors labelled release=<its release name>" in notes
+    assert "kube-prometheus-stack selects" not in _notes(MATRIX["monitoring"])  # release label given
+    closed = _notes({"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}},
+                     "networkPolicy": {"metricsNamespaces": []}})
+    assert "networkPolicy.metricsNamespaces is empty, so the NetworkPolicy closes the metrics ports" in closed
+    annotations = _notes({"networkPolicy": {"metricsNamespaceSelector": {"matchLabels": {"team": "obs"}}}})
+    assert 'only namespaces matching {"matchLabels":{"team":"obs"}} reach the metrics ports' in annotations
+
+
+def _kept_replicas(tmp_path, cases: list[dict]) -> list[int]:
+    """kt-cluster.keptReplicas on each case ({live, replicas, checksum}), rendered by Helm."""
+    chart = _chart_copy(tmp_path)
+    (chart / "templates" / "zz-probe.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  replicas: \""
+        "{{ range $c := `" + json.dumps(cases) + "` | fromJsonArray }}"
+        "{{ include \"kt-cluster.keptReplicas\" $c }},{{ end }}\"\n")
+    probe = find(render(chart=chart), "ConfigMap", "probe")
+    return [int(n) for n in probe["data"]["replicas"].rstrip(",").split(",")]
+
+
+def test_upgrades_keep_the_live_worker_count_unless_replicas_or_the_config_change(tmp_path):
+    """Without this an upgrade (even a label change) would render workers.replicas again, and the
+    finished search's GPU workers would start, hear that it is over and exit, in a loop."""
+    workers = find(render(), "StatefulSet", "-worker")
+    checksum = workers["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert workers["metadata"]["annotations"]["kt-cluster/workers-replicas"] == "2"
+
+    def live(replicas, annotated="2", pod_checksum=checksum):
+        obj = json.loads(json.dumps(workers))
+        obj["spec"]["replicas"] = replicas
+        obj["spec"]["template"]["metadata"]["annotations"]["checksum/config"] = pod_checksum
+        if annotated is None:
+            del obj["metadata"]["annotations"]["kt-cluster/workers-replicas"]
+        else:
+            obj["metadata"]["annotations"]["kt-cluster/workers-replicas"] = annotated
+        return obj
+
+    cases = [
+        {"live": {}, "replicas": 2, "checksum": checksum},  # install, or an offline render
+        {"live": live(0), "replicas": 2, "checksum": checksum},  # search over: the chief set 0
+        {"live": live(5), "replicas": 2, "checksum": checksum},  # kubectl scale mid-search
+        {"live": live(0), "replicas": 4, "checksum": checksum},  # workers.replicas changed
+        {"live": live(0), "replicas": 2, "checksum": "0" * 64},  # a new search config
+        {"live": live(3, annotated=None), "replicas": 2, "checksum": checksum},  # made by an older chart
+    ]
+    assert _kept_replicas(tmp_path, cases) == [2, 0, 5, 4, 2, 2]
+    # Offline (helm template, Argo CD) there is nothing to look up: the values' count.
+    assert find(render(MATRIX["replicas-5"]), "StatefulSet", "-worker")["spec"]["replicas"] == 5
+    source = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "apps/v1" "StatefulSet" .Release.Namespace (include "kt-cluster.worker" .)' in source

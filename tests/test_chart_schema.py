@@ -46,7 +46,19 @@ def test_documented_examples_are_accepted(name):
     ({"search": {"search_id": "a/b"}}, "/search/search_id", "does not match pattern"),
     ({"search": {"results": "/elsewhere"}}, "/search", "additional properties 'results' not allowed"),
     ({"search": {"data": {"path": "/elsewhere"}}}, "/search/data", "additional properties 'path' not allowed"),
-    ({"image": {"digest": "latest"}}, "/image/digest", "does not match pattern"),
+    ({"workers": {"image": {"digest": "latest"}}}, "/workers/image/digest", "does not match pattern"),
+    ({"image": {"digest": "sha256:" + "ab" * 32}}, "/image", "additional properties 'digest' not allowed"),
+    ({"openshift": {"adaptSecurityContext": "yes"}}, "/openshift/adaptSecurityContext", "'auto', 'force', 'disabled'"),
+    ({"workers": {"extraVolumes": [{"name": "data", "emptyDir": {}}]}}, "/workers/extraVolumes/0/name", "not"),
+    ({"chief": {"extraVolumeMounts": [{"name": "x", "mountPath": "/results"}]}},
+     "/chief/extraVolumeMounts/0/mountPath", "not"),
+    ({"chief": {"extraInitContainers": [{"image": "busybox"}]}}, "/chief/extraInitContainers/0", "missing property 'name'"),
+    ({"workers": {"tmpSizeLimit": "lots"}}, "/workers/tmpSizeLimit", "does not match pattern"),
+    ({"data": {"check": {"waitSeconds": -1}}}, "/data/check/waitSeconds", "minimum: got -1, want 0"),
+    ({"chief": {"pdb": {"unhealthyPodEvictionPolicy": "Never"}}}, "/chief/pdb/unhealthyPodEvictionPolicy",
+     "'AlwaysAllow', 'IfHealthyBudget'"),
+    ({"monitoring": {"prometheusRule": {"runbookBaseUrl": "docs/monitoring.md"}}},
+     "/monitoring/prometheusRule/runbookBaseUrl", "does not match pattern"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "'Always', 'IfNotPresent', 'Never'"),
     ({"fullnameOverride": "x" * 41}, "/fullnameOverride", "maxLength: got 41, want 40"),
     ({"neptune": {"enabled": True}}, "/neptune/project", "minLength: got 0, want 1"),
@@ -68,7 +80,11 @@ def test_bad_values_are_refused_naming_the_field(values, where, says):
 @pytest.mark.parametrize("values,says", [
     ({"workers": {"graceSeconds": 60}},
      "workers.terminationGracePeriodSeconds (60) must be at least workers.graceSeconds (60) + 5"),
-    ({"chief": {"pdb": {"maxUnavailable": None}}}, "chief.pdb: set minAvailable or maxUnavailable"),
+    ({"chief": {"pdb": {"enabled": True, "maxUnavailable": None}}}, "chief.pdb: set minAvailable or maxUnavailable"),
+    ({"data": {"volume": {"emptyDir": {}}, "existingClaim": "scans"}},
+     "data: set either data.volume or data.existingClaim, not both"),
+    ({"data": {"volume": {"emptyDir": {}}, "synth": {"enabled": True}}},
+     "data.synth.enabled: the data Job fills a claim; it cannot write to data.volume"),
 ])
 def test_checks_across_fields_fail_the_render_with_a_message(values, says):
     assert says in _error(values, helm.HelmRenderError)

@@ -57,13 +57,57 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
-{{- define "kt-cluster.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{/* Labels of a pod template: its selector, commonLabels, then the component's podLabels:
+include "kt-cluster.podLabels" (list . "worker" .Values.workers.podLabels) */}}
+{{- define "kt-cluster.podLabels" -}}
+{{- $root := index . 0 -}}
+{{- $extra := mergeOverwrite (deepCopy ($root.Values.commonLabels | default dict)) (deepCopy (index . 2 | default dict)) -}}
+{{- $labels := merge (include "kt-cluster.componentSelector" (list $root (index . 1)) | fromYaml) $extra -}}
+{{- toYaml $labels -}}
 {{- end -}}
+
+{{/* Images: the GPU image `<repository>:<tag>` and the CPU image `<repository>:<tag>-cpu`, both
+built from the Dockerfile, each overridable per component. */}}
+{{- define "kt-cluster.imageRef" -}}
+{{- $image := index . 0 -}}
+{{- $ref := printf "%s:%s" $image.repository $image.tag -}}
+{{- if $image.digest }}{{ $ref = printf "%s@%s" $ref $image.digest }}{{ end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/* The chief's image, also the data Job's and the test pod's: the CPU image by default. */}}
+{{- define "kt-cluster.chiefImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- $image := .Values.chief.image -}}
+{{- include "kt-cluster.imageRef" (list (dict "repository" (default .Values.image.repository $image.repository) "tag" (default (printf "%s-cpu" $tag) $image.tag) "digest" $image.digest)) -}}
+{{- end -}}
+
+{{/* The workers' image: the GPU image, or the CPU image when they have no GPU. */}}
+{{- define "kt-cluster.workerImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if eq (int .Values.workers.gpus) 0 }}{{ $tag = printf "%s-cpu" $tag }}{{ end -}}
+{{- $image := .Values.workers.image -}}
+{{- include "kt-cluster.imageRef" (list (dict "repository" (default .Values.image.repository $image.repository) "tag" (default $tag $image.tag) "digest" $image.digest)) -}}
+{{- end -}}
+
+{{/* "true" when runAsUser, runAsGroup and fsGroup are left to OpenShift's SCC. */}}
+{{- define "kt-cluster.openshift" -}}
+{{- $mode := .Values.openshift.adaptSecurityContext -}}
+{{- if or (eq $mode "force") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "security.openshift.io/v1")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "kt-cluster.podSecurityContext" -}}
+{{- $context := deepCopy .Values.podSecurityContext -}}
+{{- if include "kt-cluster.openshift" . }}{{ $context = omit $context "runAsUser" "runAsGroup" "fsGroup" }}{{ end -}}
+{{- toYaml $context -}}
+{{- end -}}
+
+{{- define "kt-cluster.containerSecurityContext" -}}
+{{- $context := deepCopy .Values.containerSecurityContext -}}
+{{- if include "kt-cluster.openshift" . }}{{ $context = omit $context "runAsUser" "runAsGroup" }}{{ end -}}
+{{- toYaml $context -}}
 {{- end -}}
 
 {{- define "kt-cluster.chiefServiceAccount" -}}
@@ -102,6 +146,30 @@ app.kubernetes.io/component: {{ index . 1 }}
 checksum/config: {{ include "kt-cluster.searchConfig" . | sha256sum }}
 {{- end -}}
 
+{{/*
+The workers' replica count. A `helm upgrade` that changes neither `workers.replicas` nor the
+search config keeps the live count: zero once the chief has scaled a finished search's workers
+down, or what `kubectl scale` set. Offline renders (`helm template`, Argo CD) cannot look the
+StatefulSet up and render `workers.replicas`.
+*/}}
+{{- define "kt-cluster.workerReplicas" -}}
+{{- $live := lookup "apps/v1" "StatefulSet" .Release.Namespace (include "kt-cluster.worker" .) -}}
+{{- include "kt-cluster.keptReplicas" (dict "live" $live "replicas" .Values.workers.replicas "checksum" (include "kt-cluster.searchConfig" . | sha256sum)) -}}
+{{- end -}}
+
+{{/* include "kt-cluster.keptReplicas" (dict "live" <StatefulSet or empty> "replicas" N "checksum" S) */}}
+{{- define "kt-cluster.keptReplicas" -}}
+{{- $replicas := int .replicas -}}
+{{- with .live -}}
+{{- $rendered := index (.metadata.annotations | default dict) "kt-cluster/workers-replicas" | default "" -}}
+{{- $checksum := index (.spec.template.metadata.annotations | default dict) "checksum/config" | default "" -}}
+{{- if and (eq (toString $rendered) (toString $replicas)) (eq $checksum $.checksum) (hasKey .spec "replicas") -}}
+{{- $replicas = int .spec.replicas -}}
+{{- end -}}
+{{- end -}}
+{{- $replicas -}}
+{{- end -}}
+
 {{- define "kt-cluster.imagePullSecrets" -}}
 {{- with .Values.image.pullSecrets }}
 imagePullSecrets:
@@ -130,8 +198,10 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Volumes shared by the chief and the workers. */}}
+{{/* Volumes shared by the chief and the workers: include "kt-cluster.commonVolumes" (list . .Values.chief) */}}
 {{- define "kt-cluster.commonVolumes" -}}
+{{- $component := index . 1 -}}
+{{- with index . 0 -}}
 - name: config
   configMap:
     name: {{ include "kt-cluster.config" . }}
@@ -143,14 +213,26 @@ imagePullSecrets:
       - key: {{ .Values.auth.secretKey }}
         path: token
 - name: data
+  {{- if .Values.data.volume }}
+  {{- toYaml .Values.data.volume | nindent 2 }}
+  {{- else }}
   persistentVolumeClaim:
     claimName: {{ include "kt-cluster.dataClaim" . }}
     readOnly: true
+  {{- end }}
 - name: results
   persistentVolumeClaim:
     claimName: {{ include "kt-cluster.resultsClaim" . }}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    {{- with $component.tmpSizeLimit }}
+    sizeLimit: {{ . | quote }}
+    {{- else }} {}
+    {{- end }}
+{{- with $component.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "kt-cluster.commonVolumeMounts" -}}
@@ -169,17 +251,67 @@ imagePullSecrets:
   mountPath: /tmp
 {{- end -}}
 
-{{/* Probes on a metrics port: include "kt-cluster.probes" (list .Values.chief.probes "metrics") */}}
+{{/*
+The dataset gate, the last init container of the chief and of every worker: `ktc data check`
+against the search config (classes.txt, every mask, a decoded sample), waiting up to
+data.check.waitSeconds for a complete dataset and saying what is missing. Runs after the
+component's extraInitContainers, which may be what fills the dataset.
+include "kt-cluster.initContainers" (list . .Values.workers (include "kt-cluster.workerImage" .))
+*/}}
+{{- define "kt-cluster.initContainers" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- with $component.extraInitContainers }}{{ toYaml . }}{{ printf "\n" }}{{ end -}}
+- name: check-data
+  image: {{ index . 2 }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: ["ktc", "data", "check", "--config", "/etc/ktc/search.yaml", "--wait", {{ $root.Values.data.check.waitSeconds | quote }}]
+  env:
+    - name: HOME
+      value: /tmp
+    - name: PYTHONUNBUFFERED
+      value: "1"
+  workingDir: /tmp
+  resources:
+    {{- toYaml $root.Values.data.check.resources | nindent 4 }}
+  securityContext:
+    {{- include "kt-cluster.containerSecurityContext" $root | nindent 4 }}
+  volumeMounts:
+    - name: config
+      mountPath: /etc/ktc
+      readOnly: true
+    - name: data
+      mountPath: /data
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
+
+{{/* Pod spec fields every component may set: include "kt-cluster.podScheduling" .Values.chief */}}
+{{- define "kt-cluster.podScheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .schedulerName }}
+schedulerName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Probes: include "kt-cluster.probes" (list .Values.chief.probes (dict "startup" $grpc "readiness" $grpc "liveness" $http))
+where each handler is a probe handler such as (dict "grpc" (dict "port" 8000)).
+*/}}
 {{- define "kt-cluster.probes" -}}
 {{- $probes := index . 0 -}}
-{{- $port := index . 1 -}}
+{{- $handlers := index . 1 -}}
 {{- range $kind := list "startup" "readiness" "liveness" }}
 {{- $probe := index $probes $kind }}
 {{- if $probe.enabled }}
 {{ $kind }}Probe:
-  httpGet:
-    path: /metrics
-    port: {{ $port }}
+  {{- toYaml (index $handlers $kind) | nindent 2 }}
   {{- toYaml (omit $probe "enabled") | nindent 2 }}
 {{- end }}
 {{- end }}
@@ -204,6 +336,13 @@ prometheus.io/path: /metrics
 {{- $pdb := .Values.chief.pdb -}}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) -}}
 {{- fail "chief.pdb: set minAvailable or maxUnavailable when chief.pdb.enabled" -}}
+{{- end -}}
+{{- $data := .Values.data -}}
+{{- if and $data.volume $data.existingClaim -}}
+{{- fail "data: set either data.volume or data.existingClaim, not both" -}}
+{{- end -}}
+{{- if and $data.volume $data.synth.enabled -}}
+{{- fail "data.synth.enabled: the data Job fills a claim; it cannot write to data.volume (fill that volume with extraInitContainers instead)" -}}
 {{- end -}}
 {{- end -}}
 
