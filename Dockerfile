@@ -1,42 +1,70 @@
 # syntax=docker/dockerfile:1
-# One image for every kt-cluster role: `ktc chief`, `ktc worker`, `ktc data synth`, `ktc status`.
+# kt-cluster's two images, both on one Python base pinned by digest:
 #
-#   docker build -t REGISTRY/kt-cluster:0.1.0 .
-#   docker push REGISTRY/kt-cluster:0.1.0
-#   helm install kt-cluster helm/kt-cluster --set image.repository=REGISTRY/kt-cluster
+#   docker build --target gpu -t REGISTRY/kt-cluster:0.1.0 .       # GPU workers: TensorFlow with CUDA
+#   docker build --target cpu -t REGISTRY/kt-cluster:0.1.0-cpu .   # the chief, the data Job, the test
+#                                                                  # pod, and workers without GPUs
+#   docker push REGISTRY/kt-cluster:0.1.0 && docker push REGISTRY/kt-cluster:0.1.0-cpu
 #
-# The base image brings TensorFlow with CUDA and cuDNN (and runs on CPU-only nodes as well);
-# `pip install .` keeps its TensorFlow (the project accepts >=2.16,<2.22) and adds keras-tuner,
-# gRPC and the rest.
-FROM tensorflow/tensorflow:2.21.0-gpu
-
+# The Helm chart runs `<image.repository>:<tag>` on GPU workers and `<tag>-cpu` everywhere else.
+#
+# Layers: the dependencies are installed from pyproject.toml alone, so a change of the source
+# rebuilds only the small layer of the project itself. The GPU image adds NVIDIA's CUDA and cuDNN
+# wheels (`tensorflow[and-cuda]`, for the TensorFlow already installed) on top of the same layers.
+#
+# The base is `python:3.11-slim-bookworm` pinned to the digest that Docker's official images
+# publish for that tag (docker-library/repo-info, repos/python/remote/3.11-slim-bookworm.md). To
+# move it to the tag's current image, read the digest with
+#   docker buildx imagetools inspect python:3.11-slim-bookworm      (the first "Digest:" line)
+# replace it below and rebuild both targets.
+FROM python:3.11-slim-bookworm@sha256:fe556eaffd0d96abd8685b83bb8a69addd0dc730fa193669a7df0d49ddcfac02 AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     TF_CPP_MIN_LOG_LEVEL=2
+# uid/gid 1000, as the Helm chart's securityContext expects (runAsUser/fsGroup 1000); HOME is
+# /tmp, a volume in Kubernetes (the root filesystem is read-only).
+RUN groupadd --gid 1000 ktc \
+    && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ktc
 
-# The source is bind-mounted for the install only, so no copy of it stays in a layer. The
-# image is the whole environment, hence the system interpreter (PEP 668 does not apply).
-RUN --mount=type=bind,target=/src,rw \
-    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install "/src[neptune]" \
+# The dependencies of pyproject.toml and of its `neptune` extra, without the project.
+FROM base AS deps-cpu
+COPY pyproject.toml /build/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/build/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['neptune']))" > /build/requirements.txt \
+    && pip install -r /build/requirements.txt
+
+# CUDA and cuDNN for the installed TensorFlow, as NVIDIA's wheels, each library directory
+# registered with the dynamic linker so that TensorFlow finds all of them.
+FROM deps-cpu AS deps-gpu
+RUN pip install "tensorflow[and-cuda]==$(python -c 'from importlib.metadata import version; print(version("tensorflow"))')" \
+    && python -c "import glob, sysconfig; print('\n'.join(sorted(glob.glob(sysconfig.get_paths()['purelib'] + '/nvidia/*/lib'))))" > /etc/ld.so.conf.d/nvidia-wheels.conf \
+    && ldconfig
+
+# The project as a wheel; the source is bind-mounted, so no copy of it stays in a layer.
+FROM base AS wheel
+RUN --mount=type=bind,target=/src,rw pip wheel --no-deps --wheel-dir /wheels /src
+
+FROM deps-cpu AS cpu
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl \
     && ktc --help >/dev/null
-
-# uid/gid 1000, as the Helm chart's securityContext expects (runAsUser/fsGroup 1000). Base
-# images that already have a user 1000 keep it.
-RUN set -eux; \
-    getent group 1000 >/dev/null || groupadd --gid 1000 ktc; \
-    getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
-        --shell /usr/sbin/nologin ktc
-
-# Writable places are volumes in Kubernetes (the root filesystem is read-only): /tmp is HOME
-# and holds Keras' cache; /data and /results are the dataset and results volumes.
 ENV HOME=/tmp \
     KERAS_HOME=/tmp/.keras
 WORKDIR /tmp
 USER 1000:1000
-
 # Ports: 8000 gRPC oracle (chief), 9100 chief metrics, 9101 worker metrics.
+EXPOSE 8000 9100 9101
+ENTRYPOINT ["ktc"]
+CMD ["--help"]
+
+FROM deps-gpu AS gpu
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl \
+    && ktc --help >/dev/null
+ENV HOME=/tmp \
+    KERAS_HOME=/tmp/.keras
+WORKDIR /tmp
+USER 1000:1000
 EXPOSE 8000 9100 9101
 ENTRYPOINT ["ktc"]
 CMD ["--help"]
