@@ -43,9 +43,6 @@ INSTALL_HINT = "apt-get update && apt-get install -y --no-install-recommends pro
 
 # Dashboard queries allowed to return no data, with the reason; every other query must return data.
 MAY_BE_EMPTY = {
-    ("ktc-workers", "GPU utilisation (DCGM)", "A"):
-        "DCGM_FI_DEV_GPU_UTIL comes from NVIDIA's dcgm-exporter, which runs only on GPU nodes; "
-        "this machine and CI have no GPU and no exporter",
     ("ktc-trials", "Why trials failed or stopped", "A"):
         "ktc_chief_trial_setback_info lists failed and early-stopped trials; the healthy search scraped here "
         "has none (tests/test_chief_metrics.py proves the series on failed, invalid and stopped trials)",
@@ -131,23 +128,30 @@ class Prometheus:
         return "--- prometheus log ---\n" + "\n".join(text[-lines:])
 
 
-def write_config(path: Path, targets: dict[str, list[str]], rule_files: list[Path],
-                 scrape_interval: str = "1s") -> None:
+Targets = dict[str, list["str | tuple[str, dict[str, str]]"]]
+
+
+def write_config(path: Path, targets: Targets, rule_files: list[Path], scrape_interval: str = "1s") -> None:
+    """`targets`: {job: [address, or (address, target labels such as Kubernetes' namespace and pod)]}."""
+    def group(target) -> dict:
+        address, labels = (target, None) if isinstance(target, str) else target
+        return {"targets": [address], **({"labels": labels} if labels else {})}
+
     config = {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                    "evaluation_interval": scrape_interval},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": addresses}]}
+        "scrape_configs": [{"job_name": job, "static_configs": [group(t) for t in addresses]}
                            for job, addresses in targets.items()],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 @contextlib.contextmanager
-def running_prometheus(targets: dict[str, list[str]], rule_files: list[Path] = (),
+def running_prometheus(targets: Targets, rule_files: list[Path] = (),
                        scrape_interval: str = "1s", workdir: Path | None = None,
                        ready_timeout: float = 60.0) -> Iterator[Prometheus]:
-    """Prometheus scraping `targets` ({job: ["127.0.0.1:port", ...]}); stopped on exit, always."""
+    """Prometheus scraping `targets` (see write_config); stopped on exit, always."""
     exe = binary("prometheus")
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -196,6 +200,43 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextlib.contextmanager
+def dcgm_exporter(gpus: list[dict[str, str]]) -> Iterator[int]:
+    """An HTTP endpoint serving what NVIDIA's dcgm-exporter serves for `gpus` (each the labels it
+    maps a GPU to: namespace, pod, container of the pod holding it); yields its port. The real
+    exporter needs a GPU; its series and labels are what the dashboards must read."""
+    import http.server
+    import threading
+
+    lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).", "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+    for index, gpu in enumerate(gpus):
+        labels = {"gpu": str(index), "UUID": f"GPU-{index:08d}-0000-0000-0000-000000000000",
+                  "device": f"nvidia{index}", "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-node-1",
+                  "DCGM_FI_DRIVER_VERSION": "550.54.15", **gpu}
+        lines.append("DCGM_FI_DEV_GPU_UTIL{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + f"}} {40 + index}")
+    body = ("\n".join(lines) + "\n").encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def scrape(port: int, timeout: float = 3.0) -> str:
@@ -254,6 +295,8 @@ def grafana_expand(expr: str, values: dict[str, str], rate_interval: str = "15s"
         name = match.group(1) or match.group(2)
         if name in builtins:
             return builtins[name]
+        if name.isdigit():  # a label_replace back-reference: Grafana has no such variable
+            return match.group(0)
         if name not in values:
             raise KeyError(f"{name}: no value for this Grafana variable in {expr!r}")
         return values[name]

@@ -556,14 +556,21 @@ def _chart_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_prometheus_rule_carries_the_rules_file():
+def test_prometheus_rule_carries_the_rules_file_with_runbooks_at_the_given_base():
     groups = yaml.safe_load((CHART / "rules" / "alerts.yaml").read_text())["groups"]
     rules = find_all(render(MATRIX["monitoring"]), "PrometheusRule")
-    if not groups:  # the placeholder renders nothing
-        assert rules == []
-    else:
-        assert len(rules) == 1 and rules[0]["spec"]["groups"] == groups
-        assert rules[0]["metadata"]["labels"]["release"] == "prometheus"
+    assert len(rules) == 1 and rules[0]["metadata"]["labels"]["release"] == "prometheus"
+    rendered = rules[0]["spec"]["groups"]
+    base = MATRIX["monitoring"]["monitoring"]["prometheusRule"]["runbookBaseUrl"]
+    alerts = [r for g in rendered for r in g["rules"] if "alert" in r]
+    assert alerts and all(r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}" for r in alerts)
+    for group in groups:  # all else as in the file
+        for rule in group["rules"]:
+            rule.get("annotations", {}).pop("runbook_url", None)
+    for group in rendered:
+        for rule in group["rules"]:
+            rule.get("annotations", {}).pop("runbook_url", None)
+    assert rendered == groups
     assert not find_all(render(), "PrometheusRule")
 
 
@@ -578,32 +585,69 @@ def test_prometheus_rule_from_a_given_rules_file(tmp_path):
     assert not find_all(render(MATRIX["monitoring"], chart=chart), "PrometheusRule")
 
 
-def test_one_dashboard_config_map_per_dashboard_file(tmp_path):
-    def dashboards(objects):
-        return [o for o in find_all(objects, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+def _dashboards(objects):
+    return [o for o in find_all(objects, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
 
-    files = sorted((CHART / "dashboards").glob("*.json")) if (CHART / "dashboards").is_dir() else []
-    shipped = dashboards(render())
+
+def _as_shipped(cm: dict) -> tuple[str, dict]:
+    (key, text), = cm["data"].items()
+    return key, json.loads(text)
+
+
+def test_one_dashboard_config_map_per_dashboard_file(tmp_path):
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    shipped = _dashboards(render(release="s1", namespace="ml"))
     assert len(shipped) == len(files)
     for cm in shipped:
-        (key, text), = cm["data"].items()
-        assert json.loads(text) == json.loads((CHART / "dashboards" / key).read_text())
+        key, dashboard = _as_shipped(cm)
+        base = key.removeprefix("ml.s1-kt-cluster.")
+        original = json.loads((CHART / "dashboards" / base).read_text())
+        # Only what makes the copy this release's differs from the file.
+        tag = next(t for t in dashboard["tags"] if t.startswith("ktc-"))
+        assert dashboard["uid"] == f"{original['uid']}-{tag.removeprefix('ktc-')}"
+        assert dashboard["title"] == f"{original['title']} · ml/s1-kt-cluster"
+        assert dashboard["tags"] == original["tags"] + [tag]
+        assert [link["tags"] for link in dashboard["links"]] == [link["tags"] + [tag] for link in original["links"]]
+        current = {v["name"]: v.get("current") for v in dashboard["templating"]["list"]}
+        assert current["namespace"]["value"] == ["ml"] and current["search"]["value"] == ["s1-kt-cluster"]
+        for d in (dashboard, original):
+            for key_ in ("uid", "title", "tags", "links"):
+                d.pop(key_)
+            for v in d["templating"]["list"]:
+                if v["name"] in ("namespace", "search"):
+                    v.pop("current")
+        assert dashboard == original
         # `kubectl apply` copies the object into an annotation, limited to 256 KiB.
         assert len(json.dumps(cm)) < 200_000, key
 
     chart = _chart_copy(tmp_path)
-    (chart / "dashboards").mkdir(exist_ok=True)
     for f in (chart / "dashboards").glob("*.json"):
         f.unlink()
-    assert dashboards(render(chart=chart)) == []  # no dashboard files: nothing rendered
-    (chart / "dashboards" / "Search_Overview.json").write_text(json.dumps({"title": "Search", "panels": []}))
-    (chart / "dashboards" / "workers.json").write_text(json.dumps({"title": "Workers", "uid": "w"}, indent=2))
-    made = {cm["metadata"]["name"]: cm for cm in dashboards(render(chart=chart))}
-    assert set(made) == {"kt-cluster-dashboard-search-overview", "kt-cluster-dashboard-workers"}
-    assert json.loads(made["kt-cluster-dashboard-workers"]["data"]["workers.json"]) == {"title": "Workers", "uid": "w"}
-    assert dashboards(render(MATRIX["minimal"], chart=chart)) == []
-    moved = dashboards(render({"monitoring": {"dashboards": {"namespace": "grafana"}}}, chart=chart))
+    assert _dashboards(render(chart=chart)) == []  # no dashboard files: nothing rendered
+    (chart / "dashboards" / "Search_Overview.json").write_text(json.dumps(
+        {"uid": "s", "title": "Search", "tags": [], "links": [], "templating": {"list": []}, "panels": []}))
+    made = {cm["metadata"]["name"]: cm for cm in _dashboards(render(chart=chart))}
+    assert set(made) == {"kt-cluster-dashboard-search-overview"}
+    assert _as_shipped(made["kt-cluster-dashboard-search-overview"])[0] == "default.kt-cluster.Search_Overview.json"
+    assert _dashboards(render(MATRIX["minimal"], chart=chart)) == []
+    moved = _dashboards(render({"monitoring": {"dashboards": {"namespace": "grafana"}}}, chart=chart))
     assert {cm["metadata"]["namespace"] for cm in moved} == {"grafana"}
+
+
+def test_several_searches_never_share_a_dashboard_key_uid_or_title():
+    """Grafana's sidecar writes the keys of every labelled ConfigMap of the cluster into one folder,
+    and Grafana wants unique uids and titles: same keys would overwrite each other, and
+    uninstalling one search would remove the others' dashboards."""
+    releases = [("s1", "ml"), ("s2", "ml"), ("s1", "vision")]  # same name in another namespace too
+    seen: dict[str, set] = {"key": set(), "uid": set(), "title": set()}
+    for release, namespace in releases:
+        for cm in _dashboards(render(release=release, namespace=namespace)):
+            key, dashboard = _as_shipped(cm)
+            for what, value in (("key", key), ("uid", dashboard["uid"]), ("title", dashboard["title"])):
+                assert value not in seen[what], (what, value)
+                seen[what].add(value)
+            assert len(dashboard["uid"]) <= 40 and all(len(t) <= 50 for t in dashboard["tags"])
+    assert all(len(values) == 4 * len(releases) for values in seen.values())
 
 
 # --- helm test and NOTES -------------------------------------------------------------------

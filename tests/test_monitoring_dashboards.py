@@ -56,19 +56,57 @@ def test_datasource_is_a_variable_used_by_every_panel_and_target(name):
             assert var["datasource"] == DS, var["name"]
 
 
+SELECTION = {  # what every selector of a chief's or a worker's series must carry
+    "chief": ['namespace=~"$namespace"', 'pod=~"($search)-chief-[0-9]+"', 'pod=~"$pod"'],
+    "worker": ['namespace=~"$namespace"', 'pod=~"($search)-worker-[0-9]+"', 'pod=~"$pod"'],
+}
+# DCGM's series name the GPU's pod in `pod` when its exporter is scraped with honor_labels, and in
+# `exported_pod` (its own pod holding `pod`) otherwise: the GPU panel selects both ways.
+DCGM = [['exported_namespace=~"$namespace"', 'exported_pod=~"($search)-worker-[0-9]+"', 'exported_pod=~"$pod"'],
+        SELECTION["worker"]]
+
+
 @pytest.mark.parametrize("name", DASHBOARDS)
-def test_job_and_instance_variables_and_matchers(name):
-    d = DASHBOARDS[name]
-    variables = {v["name"]: v for v in d["templating"]["list"]}
-    for var in ("job", "instance"):
+def test_namespace_search_and_pod_variables(name):
+    """Several searches in one cluster: pick them by namespace and by search (the chart names the
+    chief pod <search>-chief-0), then by pod; "All" is a regex, never an empty match."""
+    variables = {v["name"]: v for v in DASHBOARDS[name]["templating"]["list"]}
+    for var in ("namespace", "search", "pod"):
         assert variables[var]["type"] == "query" and variables[var]["includeAll"] and variables[var]["multi"]
-        assert variables[var]["allValue"] == ".+"
-    for target in _targets(d):
-        if (target.dashboard, target.panel, target.ref_id) in ps.MAY_BE_EMPTY:
-            continue  # DCGM series carry the exporter's job and instance, not ours
+        assert variables[var]["allValue"] == ".+", var
+    assert variables["search"]["regex"] == "/^(.+)-chief-[0-9]+$/"
+    assert not {"job", "instance", "gpu_pod"} & set(variables)
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_every_selector_carries_the_selection(name):
+    for target in _targets(DASHBOARDS[name]):
         for metric, matchers in SELECTOR.findall(target.expr):
-            assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, (target.id, metric)
-        assert not OWN_METRIC.findall(target.expr), (target.id, "a selector without job/instance matchers")
+            if metric.startswith("DCGM_"):
+                assert any(all(m in matchers for m in way) for way in DCGM), (target.id, metric)
+                continue
+            role = "worker" if metric.startswith("ktc_worker") or "-worker-" in matchers else "chief"
+            assert all(m in matchers for m in SELECTION[role]), (target.id, metric, matchers)
+        assert not OWN_METRIC.findall(target.expr), (target.id, "a selector without the selection")
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_legends_name_pods_and_searches_never_addresses(name):
+    """Aggregations never sum across searches: each series keeps its namespace and pod (or search)."""
+    for target in _targets(DASHBOARDS[name]):
+        panel = next(p for p in ps.panels(DASHBOARDS[name]) if p["title"] == target.panel)
+        legend = next(t.get("legendFormat", "") for t in panel["targets"] if t["refId"] == target.ref_id)
+        assert "{{instance}}" not in legend and "{{job}}" not in legend, (target.id, legend)
+        for by in re.findall(r"\b(?:sum|avg|max|min) by \(([^)]*)\)", target.expr):
+            labels = {label.strip() for label in by.split(",")}
+            assert "namespace" in labels and labels & {"pod", "search"}, (target.id, by)
+        if legend:
+            assert "{{namespace}}/" in legend, (target.id, legend)
+
+
+def test_dashboard_links_keep_the_selection_and_the_time():
+    for d in DASHBOARDS.values():
+        assert d["links"] and all(link["includeVars"] and link["keepTime"] for link in d["links"]), d["uid"]
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
@@ -106,7 +144,8 @@ def test_every_variable_used_is_defined(name):
     for text in texts:
         for match in ps.GRAFANA_VARIABLE.finditer(text):
             used = match.group(1) or match.group(2)
-            assert used.startswith("__") or used in defined, (text, used)
+            # $1: a label_replace back-reference, which Grafana leaves alone (no such variable)
+            assert used.startswith("__") or used.isdigit() or used in defined, (text, used)
 
 
 def test_the_queries_allowed_to_be_empty_exist():

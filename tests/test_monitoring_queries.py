@@ -1,8 +1,9 @@
 """Every dashboard query and every alert against a real Prometheus scraping a real `ktc local` search.
 
 One search runs for the whole module (`live`): `ktc local --workers 2` on a tiny config, with a
-Prometheus scraping the chief (job `ktc-chief`) and both workers (job `ktc-worker`) every second
-and loading the alert rules. While it runs, the chief's and a training worker's /metrics are kept
+Prometheus scraping the chief (job `ktc-chief`) and both workers (job `ktc-worker`) every second,
+with the `namespace` and `pod` target labels Kubernetes gives the chart's pods (the dashboards
+select by them), plus a DCGM exporter's GPU series for the workers, and loading the alert rules. While it runs, the chief's and a training worker's /metrics are kept
 for `promtool check metrics`, and that worker is frozen (SIGSTOP) until its trial lease expires,
 then thawed (SIGCONT): a healthy search never requeues a trial, and without one the requeue
 panels would have nothing to show. The search then finishes normally.
@@ -10,7 +11,7 @@ panels would have nothing to show. The search then finishes normally.
 Afterwards each query is evaluated with `query_range` over the search's window (worker series end
 when the workers exit, so an instant query after the search would miss them):
 - every PromQL target of every dashboard panel, Grafana variables replaced ($__rate_interval by
-  15s; $job and $instance by their "All" value `.+`; $objective by the value its own
+  15s; $namespace, $search and $pod by their "All" value `.+`; $objective by the value its own
   label_values() query finds), must parse and return data; only the queries listed in
   `prometheus_support.MAY_BE_EMPTY` may be empty (they must still parse), each with its reason;
 - every variable query of every dashboard must find values;
@@ -25,6 +26,7 @@ on 2 cores (TensorFlow start-up included).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -50,6 +52,9 @@ LINE = re.compile(r"ktc local: chief on 127\.0\.0\.1:(\d+) \(metrics :(\d+)\), (
 NOISE = re.compile(r"^[IW]0000 |cuInit|cuda_|oneDNN|AVX|WARNING: All log messages|UserWarning|data_adapter")
 LEASE_SECONDS = 5.0
 RATE_INTERVAL = "15s"
+# The namespace and pod names the search's targets get, as the chart's pods would.
+NAMESPACE, SEARCH = "ml", "unet-kt-cluster"
+CHIEF_POD = f"{SEARCH}-chief-0"
 
 # The brief's tiny search, with three activations so that max_trials (3) trials run (one value
 # each would leave a single point in the space), and a short lease so that a frozen worker loses
@@ -194,9 +199,21 @@ def live(tmp_path_factory) -> Iterator[Live]:
         worker_ports = [int(p) for p in match.group(4).split(",")]
         run_dir = Path(match.group(5).strip())
         children = _children(proc.pid)
-        targets = {"ktc-chief": [f"127.0.0.1:{chief_port}"],
-                   "ktc-worker": [f"127.0.0.1:{p}" for p in worker_ports]}
-        with ps.running_prometheus(targets, [ps.RULES], scrape_interval="1s", workdir=tmp / "prometheus") as prom:
+        # The target labels Kubernetes' service discovery gives the chart's pods, which the
+        # dashboards select by; and a DCGM exporter, in its own pod, reporting the workers' GPUs.
+        pods = [CHIEF_POD] + [f"{SEARCH}-worker-{i}" for i in range(len(worker_ports))]
+        gpus = [{"namespace": NAMESPACE, "pod": pod, "container": "worker"} for pod in pods[1:]]
+        gpus.append({"namespace": "elsewhere", "pod": "other-worker-0", "container": "worker"})
+        with contextlib.ExitStack() as stack:
+            dcgm_port = stack.enter_context(ps.dcgm_exporter(gpus))
+            targets = {
+                "ktc-chief": [(f"127.0.0.1:{chief_port}", {"namespace": NAMESPACE, "pod": pods[0]})],
+                "ktc-worker": [(f"127.0.0.1:{port}", {"namespace": NAMESPACE, "pod": pod})
+                               for port, pod in zip(worker_ports, pods[1:])],
+                "dcgm": [(f"127.0.0.1:{dcgm_port}", {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p"})],
+            }
+            prom = stack.enter_context(ps.running_prometheus(targets, [ps.RULES], scrape_interval="1s",
+                                                             workdir=tmp / "prometheus"))
             start = time.time()
             scrapes: dict[str, str] = {}
             requeued = _drive(proc, prom, chief_port, worker_ports, scrapes)
@@ -266,7 +283,7 @@ def variable_values(live) -> dict[str, dict[str, str]]:
             if var["type"] in ("textbox", "constant", "custom"):
                 values[var["name"]] = str(var["query"]).split(",")[0]
                 continue
-            found = _label_values(live, ps.grafana_expand(ps.variable_query(var), values))
+            found = _label_values(live, ps.grafana_expand(ps.variable_query(var), values), var.get("regex"))
             if var.get("includeAll"):
                 values[var["name"]] = var.get("allValue") or "|".join(found)
             else:
@@ -275,12 +292,18 @@ def variable_values(live) -> dict[str, dict[str, str]]:
     return resolved
 
 
-def _label_values(live: Live, query: str) -> list[str]:
+def _label_values(live: Live, query: str, regex: str | None = None) -> list[str]:
+    """What Grafana lists for the variable: label values, through the variable's regex (whose
+    first group, when it has one, is the value) when it has one."""
     match = ps.LABEL_VALUES.match(query)
     assert match, f"{query!r}: only label_values(selector, label) variable queries are supported here"
     selector, label = match.group(1) or "{__name__=~\".+\"}", match.group(2)
     series = live.prometheus.series(selector, live.start, live.end)
-    return sorted({s[label] for s in series if label in s})
+    values = sorted({s[label] for s in series if label in s})
+    if regex:
+        pattern = re.compile(regex.strip("/"))
+        values = sorted({(m.group(1) if m.groups() else m.group(0)) for v in values if (m := pattern.search(v))})
+    return values
 
 
 VARIABLES = [(d["uid"], v) for d in ps.load_dashboards().values() for v in d["templating"]["list"]
@@ -291,7 +314,10 @@ VARIABLES = [(d["uid"], v) for d in ps.load_dashboards().values() for v in d["te
 def test_dashboard_variable_finds_values(live, variable_values, uid, variable):
     values = {k: v for k, v in variable_values[uid].items() if k != variable["name"]}
     query = ps.grafana_expand(ps.variable_query(variable), values)
-    assert _label_values(live, query), f"{query} found no values\n{live.logs()}"
+    found = _label_values(live, query, variable.get("regex"))
+    assert found, f"{query} found no values\n{live.logs()}"
+    expected = {"namespace": [NAMESPACE], "search": [SEARCH]}.get(variable["name"])
+    assert expected is None or found == expected, (variable["name"], found)
 
 
 TARGETS = ps.dashboard_targets()
@@ -339,3 +365,20 @@ def test_a_healthy_search_fires_no_alert(live):
     body = live.query_range('ALERTS{alertstate="firing"}')
     assert body["status"] == "success"
     assert not body["data"]["result"], [s["metric"] for s in body["data"]["result"]]
+
+
+def test_gpu_panel_finds_the_workers_gpus_by_the_pod_dcgm_names(live, variable_values):
+    """dcgm-exporter names the pod holding each GPU; scraped as its own pod, Prometheus keeps that
+    as `exported_pod`. The panel shows the selected search's GPUs under their worker pods."""
+    target = next(t for t in TARGETS if t.panel == "GPU utilisation (DCGM)")
+
+    def pods(selection: dict[str, str]) -> set[tuple[str, str]]:
+        expr = ps.grafana_expand(target.expr, variable_values[target.dashboard] | selection, RATE_INTERVAL)
+        body = live.query_range(expr)
+        assert body.get("status") == "success", body.get("error")
+        return {(s["metric"]["namespace"], s["metric"]["pod"]) for s in body["data"]["result"]}
+
+    workers = {(NAMESPACE, f"{SEARCH}-worker-{i}") for i in range(2)}
+    assert pods({"namespace": NAMESPACE, "search": SEARCH}) == workers  # this search, as its dashboards open
+    assert pods({"namespace": NAMESPACE, "search": SEARCH, "pod": f"{SEARCH}-worker-1"}) == {(NAMESPACE, f"{SEARCH}-worker-1")}
+    assert pods({}) == workers | {("elsewhere", "other-worker-0")}  # "All": every search's workers
