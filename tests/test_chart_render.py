@@ -36,7 +36,9 @@ def test_every_object_is_labelled_and_named_within_limits(rendered):
         assert len(meta["name"]) <= 63, meta["name"]
         assert meta["labels"]["app.kubernetes.io/instance"] == "kt-cluster"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-        assert meta.get("namespace") == "default", f"{obj['kind']}/{meta['name']} has no namespace"
+        elsewhere = (MATRIX[name] or {}).get("monitoring", {}).get("dashboards", {}).get("namespace")
+        expected = elsewhere if elsewhere and meta["labels"].get("grafana_dashboard") else "default"
+        assert meta.get("namespace") == expected, f"{obj['kind']}/{meta['name']} has no namespace"
 
 
 def test_pods_are_locked_down(rendered):
@@ -410,7 +412,7 @@ def test_every_chief_and_worker_checks_the_dataset_last_before_starting(rendered
 
 
 def test_data_volume_replaces_the_claim_and_extra_init_containers_fill_it():
-    objects = render(MATRIX["object-storage"])
+    objects = render(MATRIX["example-eks-efs-s3"])
     claims = [c["metadata"]["name"] for c in find_all(objects, "PersistentVolumeClaim")]
     assert claims == ["kt-cluster-results"]  # no dataset claim
     for kind_name in ("-chief", "-worker"):
@@ -418,14 +420,27 @@ def test_data_volume_replaces_the_claim_and_extra_init_containers_fill_it():
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["data"] == {"name": "data", "emptyDir": {"sizeLimit": "20Gi"}}
         fetch, gate = spec["initContainers"]
-        assert fetch["name"] == "fetch-data" and "aws s3 sync" in fetch["command"][-1]
+        script = " ".join(fetch["command"] + fetch["args"])
+        assert fetch["name"] == "fetch-data" and "aws s3 sync" in script
+        assert script.index("--exclude classes.txt") < script.index("classes.txt /data/classes.txt")  # last
         assert {"name": "data", "mountPath": "/data"} in fetch["volumeMounts"]  # writable for the copy
-    bucket = render(MATRIX["bucket-mount"])
+    bucket = render(MATRIX["example-gke-filestore-gcs"])
     spec = pod_spec(find(bucket, "StatefulSet", "-worker"))
     assert next(v for v in spec["volumes"] if v["name"] == "data")["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
     assert find(bucket, "StatefulSet", "-worker")["spec"]["template"]["metadata"]["annotations"][
         "gke-gcsfuse/volumes"] == "true"
     assert [c["metadata"]["name"] for c in find_all(bucket, "PersistentVolumeClaim")] == ["kt-cluster-results"]
+
+
+@pytest.mark.parametrize("name", ["example-aks-azure-files", "example-eks-efs-s3", "example-gke-filestore-gcs"])
+def test_documented_cloud_examples_bind_and_need_no_warning(name):
+    notes = _notes(MATRIX[name] | MATRIX["example-kube-prometheus-stack"])  # as docs/kubernetes.md combines them
+    assert "WARNING" not in notes, notes
+    for claim in find_all(render(MATRIX[name]), "PersistentVolumeClaim"):
+        assert claim["spec"].get("storageClassName"), claim["metadata"]["name"]
+    objects = render(MATRIX[name] | MATRIX["example-kube-prometheus-stack"])
+    assert {o["metadata"]["labels"]["release"] for o in objects if o["kind"] in ("ServiceMonitor", "PrometheusRule")} \
+        == {"kps"}
 
 
 def test_extra_volumes_mounts_and_scheduling_values_pass_through():
@@ -648,6 +663,11 @@ def test_several_searches_never_share_a_dashboard_key_uid_or_title():
                 seen[what].add(value)
             assert len(dashboard["uid"]) <= 40 and all(len(t) <= 50 for t in dashboard["tags"])
     assert all(len(values) == 4 * len(releases) for values in seen.values())
+    # In Grafana's namespace, the ConfigMaps of same-named releases of two namespaces meet too.
+    shared = {"monitoring": {"dashboards": {"namespace": "monitoring"}}}
+    names = [cm["metadata"]["name"] for release, namespace in releases
+             for cm in _dashboards(render(shared, release=release, namespace=namespace))]
+    assert len(set(names)) == len(names) == 4 * len(releases), names
 
 
 # --- helm test and NOTES -------------------------------------------------------------------
@@ -683,7 +703,7 @@ def test_notes_warn_when_read_write_many_meets_the_default_storage_class():
     both = {v: {"persistence": {"storageClassName": "efs-sc"}} for v in ("data", "results")}
     assert warning not in _notes(both)
     assert warning not in _notes(MATRIX["existing-claims"])
-    only_results = _notes(MATRIX["object-storage"])  # the dataset is no claim
+    only_results = _notes({"data": {"volume": {"emptyDir": {}}}})  # the dataset is no claim
     assert "the claim kt-cluster-results asks" in only_results and "kt-cluster-data" not in only_results
     rwo = {v: {"persistence": {"accessModes": ["ReadWriteOnce"]}} for v in ("data", "results")}
     assert warning not in _notes(rwo)
