@@ -19,9 +19,11 @@ import yaml
 from chart_support import CHART, MATRIX, ROOT, checkov_command, render_files
 
 SKIP_LIST = CHART / ".checkov.yaml"
-SCANNED = {  # the defaults, and every optional pod and secret reference switched on
+SCANNED = {  # the defaults, every optional pod and secret reference switched on, the documented examples
     "defaults": None,
-    "everything": {**MATRIX["neptune"], "data": {"synth": {"enabled": True}}, "workers": {"pdb": {"enabled": True}}},
+    "everything": {**MATRIX["neptune"], "data": {"synth": {"enabled": True}},
+                   "chief": {"pdb": {"enabled": True}}, "workers": {"pdb": {"enabled": True}}},
+    **{name: MATRIX[name] for name in MATRIX if name.startswith("example-")},
 }
 
 
