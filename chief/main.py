@@ -19,6 +19,7 @@ from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
+from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.neptune_tracking import NeptuneTracker
 from kt_cluster.core.tuner import build_tuner
@@ -72,7 +73,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         _drain(oracle, drain_seconds)
         # The final Status reply, kept: a poller can miss the moments between the last trial's end
         # and the chief's exit.
-        (Path(config.results) / "status.json").write_text(json.dumps(status_reply(oracle, search_info), indent=2))
+        atomic_write(Path(config.results) / "status.json", json.dumps(status_reply(oracle, search_info), indent=2))
         write_results(tuner, config)
         if tracker:
             tracker.finish(oracle)
@@ -105,17 +106,18 @@ def write_results(tuner, config: SearchConfig) -> None:
     with contextlib.redirect_stdout(buffer):
         tuner.results_summary(num_trials=10)
     summary = buffer.getvalue()
-    (results / "summary.txt").write_text(summary)
+    atomic_write(results / "summary.txt", summary)
     print(summary, flush=True)
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
     if not best:
         log.warning("no trial completed: no best model to write")
         return
     trial = best[0]
-    (results / "best_hyperparameters.json").write_text(json.dumps(
+    atomic_write(results / "best_hyperparameters.json", json.dumps(
         {"trial_id": trial.trial_id, "score": trial.score, "objective": config.objective,
          "direction": config.direction, "hyperparameters": trial.hyperparameters.values}, indent=2))
     try:
-        tuner.load_model(trial).save(results / "best_model.keras")
+        with atomic_output(results / "best_model.keras", fsync=True) as path:
+            tuner.load_model(trial).save(path)
     except Exception as exc:  # noqa: BLE001 - the hyperparameters are written; say why the model is not
         log.error("could not write the best model of trial %s: %s", trial.trial_id, exc)

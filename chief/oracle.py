@@ -37,7 +37,8 @@ from keras_tuner.src.engine.objective import MultiObjective
 from kt_cluster.chief.early_stopping import MedianStoppingRule
 from kt_cluster.chief.leases import LeaseTable
 from kt_cluster.chief.ongoing import OngoingTrials
-from kt_cluster.chief.state import Journal, Replayed, atomic_write, compact_json
+from kt_cluster.chief.state import Journal, Replayed, compact_json
+from kt_cluster.core.atomic_files import atomic_write
 
 log = logging.getLogger("ktc.chief")
 TrialStatus = trial_module.TrialStatus

@@ -12,64 +12,18 @@ generation, so restart time stays bounded.
 from __future__ import annotations
 
 import json
-import os
-from json import encoder as json_encoder
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from kt_cluster.core.atomic_files import atomic_write
+
 SNAPSHOT = "snapshot.json"
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """`json.dumps(x, separators=(",", ":"))`, minus the C encoder that `json` builds on every call
-    (half the time of encoding a small record; the chief encodes several per RPC). Without cycle
-    checks: journal records are trees. Falls back to `json`'s own way if the C encoder is missing
-    or does not give the same text."""
-    plain = json.JSONEncoder(separators=(",", ":")).encode
-    try:
-        make = json_encoder.c_make_encoder(None, plain.__self__.default, json_encoder.encode_basestring_ascii,
-                                           None, ":", ",", False, False, True)
-    except TypeError:  # None (no accelerator), or another signature
-        return plain
-    fast = lambda value: "".join(make(value, 0))  # noqa: E731
-    sample = {"a": [1, -2.5, None, True, "é\n"], "b": {"c": float("nan"), "d": 1e300, "e": ""}}
-    return fast if fast(sample) == plain(sample) else plain
-
-
-compact_json = _compact_encoder()
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes, fsync: bool = True, new_folder: bool = False) -> None:
-    """Write a whole file or nothing: a reader never sees a torn file.
-
-    `fsync` makes it survive a power loss too; without it, it survives a kill of the process.
-    `new_folder` says the file's folder is most likely missing (a trial's): making it first saves
-    the failed open. Plain `os` calls on string paths: the chief writes a `trial.json` per trial
-    on its serving thread, where pathlib and buffered file objects cost more than the system calls."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if new_folder:
-        try:
-            os.mkdir(folder)
-        except (FileExistsError, FileNotFoundError):  # a parent missing too: made below
-            pass
-    try:
-        fd = os.open(tmp, flags, 0o644)
-    except FileNotFoundError:  # creating the folder only when missing saves a system call per write
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, flags, 0o644)
-    try:
-        view = memoryview(data.encode() if isinstance(data, str) else data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+# `json.dumps(x, separators=(",", ":"))`, with the encoder object made once rather than per call,
+# and without cycle checks: journal records are trees.
+compact_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 @dataclass

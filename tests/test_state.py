@@ -1,4 +1,4 @@
-"""The journal's building blocks: its JSON encoding and atomic file writes."""
+"""The journal's building blocks: its JSON encoding."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kt_cluster.chief.state import atomic_write, compact_json
+from kt_cluster.chief.state import compact_json
 
 
 def _random_value(rng, depth=0):
@@ -36,12 +36,3 @@ def test_compact_json_writes_what_json_dumps_writes(seed):
 def test_compact_json_refuses_what_json_refuses():
     with pytest.raises(TypeError, match="set"):
         compact_json({"a": {1, 2}})
-
-
-@pytest.mark.parametrize("new_folder", [False, True])
-def test_atomic_write_makes_missing_folders_and_replaces_whole_files(tmp_path, new_folder):
-    path = tmp_path / "project" / "trial_07" / "trial.json"
-    atomic_write(path, '{"a":1}', fsync=False, new_folder=new_folder)
-    atomic_write(str(path), b'{"a":2}', new_folder=new_folder)  # exists now: replaced
-    assert path.read_text() == '{"a":2}'
-    assert sorted(p.name for p in path.parent.iterdir()) == ["trial.json"]  # no temporary file left

@@ -2,18 +2,19 @@
 
 After every epoch the model's weights go to `trial_<id>/resume.weights.h5` and the progress
 (last finished epoch, the per-epoch logs so far, the best objective) to `trial_<id>/resume.json`,
-each written to a temporary name and renamed, so a kill never leaves a torn checkpoint. The
-JSON is written last: it names an epoch only once that epoch's weights are in place.
+each written whole or not at all (`kt_cluster.core.atomic_files`), so a kill never leaves a torn
+checkpoint. The JSON is written last: it names an epoch only once that epoch's weights are in place.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
+
+from kt_cluster.core.atomic_files import atomic_output, atomic_write
 
 WEIGHTS = "resume.weights.h5"
 PROGRESS = "resume.json"
@@ -42,12 +43,9 @@ def restore(model: keras.Model, trial_dir: Path) -> None:
 
 def save(trial_dir: Path, model: keras.Model, progress: Progress) -> None:
     trial_dir = Path(trial_dir)
-    tmp_weights = trial_dir / f".resume-{os.getpid()}.weights.h5"
-    model.save_weights(tmp_weights)
-    os.replace(tmp_weights, trial_dir / WEIGHTS)
-    tmp_progress = trial_dir / f".resume-{os.getpid()}.json"
-    tmp_progress.write_text(json.dumps(asdict(progress)))
-    os.replace(tmp_progress, trial_dir / PROGRESS)
+    with atomic_output(trial_dir / WEIGHTS) as weights:
+        model.save_weights(weights)
+    atomic_write(trial_dir / PROGRESS, json.dumps(asdict(progress)), fsync=False)
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
