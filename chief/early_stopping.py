@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import statistics
 
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 
 class MedianStoppingRule:

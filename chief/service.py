@@ -23,9 +23,8 @@ import time
 from typing import Any, Callable
 
 import grpc
-from keras_tuner.src.engine import hyperparameters as hp_module
-from keras_tuner.src.engine import metrics_tracking
-from keras_tuner.src.engine import trial as trial_module
+import keras_tuner
+from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.chief import health
 from kt_cluster.chief.exporter import ChiefMetrics
@@ -36,13 +35,6 @@ STOCK_IDLE_PAUSE_SECONDS = 0.5
 ORACLE_METHODS = ("GetSpace", "UpdateSpace", "CreateTrial", "UpdateTrial", "EndTrial", "GetTrial", "GetBestTrials")
 KNOWN_METHODS = {protocol.method_path(protocol.ORACLE_SERVICE, m): m for m in ORACLE_METHODS} | {
     protocol.method_path(protocol.COORDINATOR_SERVICE, m): m for m in protocol.COORDINATOR_METHODS}
-
-
-_TRIAL_PROTO = compat.trial_proto_class()
-# TrialStatus.to_proto walks an if-chain through protobuf's enum wrapper on every reply.
-_STATUS_PROTO = {status: trial_module.TrialStatus.to_proto(status) for status in (
-    None, trial_module.TrialStatus.RUNNING, trial_module.TrialStatus.IDLE, trial_module.TrialStatus.INVALID,
-    trial_module.TrialStatus.STOPPED, trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)}
 
 
 class BadRequest(ValueError):
@@ -101,74 +93,12 @@ def _check_metrics(metrics) -> dict[str, float]:
     return checked
 
 
-def _extend(proto, tracker: metrics_tracking.MetricsTracker, added: dict[str, float] | None, step: int) -> bool:
-    """Append to a `tracker.to_proto()` of before an update the observations the update `added` at
-    `step`; False (proto left unusable) when that would not give the tracker's proto now."""
-    if added is None:
-        return False
-    for name in added:
-        if name not in proto.metrics:  # a new metric: keras-tuner's map order
-            return False
-        observations = proto.metrics[name].observations
-        observation = tracker.metrics[name]._observations.get(step)
-        if observations and observations[-1].step >= step or observation is None or len(observation.value) != 1:
-            return False  # not a new last step with one value: keras-tuner sorts and merges
-        observations.add(value=observation.value, step=step)
-    return True
-
-
 class OracleService(compat.oracle_servicer_class()):
     def __init__(self, oracle, metrics: ChiefMetrics):
         self.oracle = oracle
         self.metrics = metrics
         self.messages = compat.oracle_messages()
-        self._hp_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its HyperParameters, their proto)
-        self._metrics_protos: dict[str, tuple[Any, Any]] = {}  # trial id -> (its MetricsTracker, its proto)
-
-    def _trial_proto(self, trial: trial_module.Trial, added: dict[str, float] | None = None, step: int = 0,
-                     into=None):
-        """`trial.to_proto()`, written `into` a reply's Trial field (one copy), reusing what a
-        running trial's previous replies built.
-
-        keras-tuner rebuilds the proto of every hyperparameter (range and value) and of every metric
-        observation so far for each reply, which made it the largest part of an UpdateTrial, growing
-        with epochs x metrics. A running trial keeps its HyperParameters and MetricsTracker objects
-        (EndTrial replaces them), so their protos are cached against these very objects, held here
-        so their identity cannot be reused; the metrics proto is extended with the observations the
-        UpdateTrial `added` at `step` when that gives what `to_proto()` would. Entries go when the
-        trial ends."""
-        if len(self._hp_protos) > 100_000:  # trials that never ended: a bound, not a policy
-            self._hp_protos.clear()
-            self._metrics_protos.clear()
-        hps = trial.hyperparameters
-        cached = self._hp_protos.get(trial.trial_id)
-        if cached is None or cached[0] is not hps:
-            cached = self._hp_protos[trial.trial_id] = (hps, hps.to_proto())
-        metrics = self._metrics_protos.get(trial.trial_id)
-        if metrics is None or metrics[0] is not trial.metrics or not _extend(metrics[1], trial.metrics, added, step):
-            metrics = self._metrics_protos[trial.trial_id] = (trial.metrics, trial.metrics.to_proto())
-        proto = _TRIAL_PROTO() if into is None else into
-        proto.trial_id = trial.trial_id
-        proto.hyperparameters.CopyFrom(cached[1])
-        if trial.score is not None:
-            proto.score.value, proto.score.step = trial.score, trial.best_step
-        proto.status = _STATUS_PROTO[trial.status]
-        proto.metrics.CopyFrom(metrics[1])
-        return proto
-
-    def _ended_trial(self, proto) -> trial_module.Trial:
-        """`Trial.from_proto` of an EndTrial, reusing the running trial's HyperParameters when the
-        worker sent back the very proto it was given (parsing them was a fifth of an EndTrial).
-        keras-tuner's `end_trial` puts them on the oracle's trial anyway, so it gets the same."""
-        cached = self._hp_protos.get(proto.trial_id)
-        if cached is None or cached[1] != proto.hyperparameters:
-            return trial_module.Trial.from_proto(proto)
-        trial = trial_module.Trial(cached[0], trial_id=proto.trial_id,
-                                   status=trial_module.TrialStatus.from_proto(proto.status))
-        if proto.HasField("score"):
-            trial.score, trial.best_step = proto.score.value, proto.score.step
-        trial.metrics = metrics_tracking.MetricsTracker.from_proto(proto.metrics)
-        return trial
+        self.protos = compat.TrialProtos()  # cheaper Trial protos for replies and EndTrial
 
     @_served("GetSpace")
     def GetSpace(self, request, context):
@@ -176,7 +106,7 @@ class OracleService(compat.oracle_servicer_class()):
 
     @_served("UpdateSpace")
     def UpdateSpace(self, request, context):
-        self.oracle.update_space(hp_module.HyperParameters.from_proto(request.hyperparameters))
+        self.oracle.update_space(keras_tuner.HyperParameters.from_proto(request.hyperparameters))
         return self.messages.UpdateSpaceResponse()
 
     @_served("CreateTrial")
@@ -189,7 +119,7 @@ class OracleService(compat.oracle_servicer_class()):
         if trial.status != trial_module.TrialStatus.RUNNING:
             return self.messages.CreateTrialResponse(trial=trial.to_proto())
         reply = self.messages.CreateTrialResponse()
-        self._trial_proto(trial, into=reply.trial)
+        self.protos.to_proto(trial, into=reply.trial)
         return reply
 
     @_served("UpdateTrial")
@@ -199,16 +129,16 @@ class OracleService(compat.oracle_servicer_class()):
         metrics = _check_metrics(request.metrics)
         trial = self.oracle.update_trial(trial_id, metrics, step=request.step, tuner_id=tuner_id, session=session)
         reply = self.messages.UpdateTrialResponse()
-        self._trial_proto(trial, metrics, request.step, into=reply.trial)
+        self.protos.to_proto(trial, metrics, request.step, into=reply.trial)
         if trial_id in self.oracle.stop_requested:
-            reply.trial.status = _STATUS_PROTO[trial_module.TrialStatus.STOPPED]
+            reply.trial.status = compat.status_proto(trial_module.TrialStatus.STOPPED)
         return reply
 
     @_served("EndTrial")
     def EndTrial(self, request, context):
         tuner_id, session, metadata = _caller(context)
         protocol.check_id(request.trial.trial_id, "trial.trial_id")
-        trial = self._ended_trial(request.trial)
+        trial = self.protos.from_proto(request.trial)
         if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.INVALID,
                                 trial_module.TrialStatus.FAILED):
             raise BadRequest(f"trial.status must be COMPLETED, INVALID or FAILED, got {trial.status}")
@@ -217,8 +147,7 @@ class OracleService(compat.oracle_servicer_class()):
             trial.message = message.decode("utf-8", "replace")
         self.oracle.end_trial(trial, tuner_id=tuner_id, session=session,
                               stopped_early=metadata.get(protocol.STOPPED_EARLY) == "1")
-        self._hp_protos.pop(trial.trial_id, None)
-        self._metrics_protos.pop(trial.trial_id, None)
+        self.protos.forget(trial.trial_id)
         return self.messages.EndTrialResponse()
 
     @_served("GetTrial")

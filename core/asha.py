@@ -27,11 +27,12 @@ rebuilt lazily from `self.trials` after `set_state`.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import keras_tuner
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
+
+from kt_cluster.core import compat
 
 TrialStatus = trial_module.TrialStatus
 TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id", "tuner/bracket", "tuner/round")
@@ -46,8 +47,11 @@ def rung_epochs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
     return rungs + [max_epochs]
 
 
-class ASHAOracle(keras_tuner.Oracle):
+class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
     """Asynchronous successive halving over random configurations."""
+
+    # A configuration is "tried" whatever its rung: a sampled configuration is never sampled again.
+    unhashed_prefix = "tuner/"
 
     def __init__(self, objective=None, max_trials: int | None = None, min_epochs: int = 1,
                  max_epochs: int = 20, eta: int = 3, seed: int | None = None, hyperparameters=None,
@@ -128,16 +132,11 @@ class ASHAOracle(keras_tuner.Oracle):
                            "tuner/trial_id": parent_id, "tuner/bracket": 0, "tuner/round": rung + 1})
             self._promoted.add(parent_id)
             return {"status": TrialStatus.RUNNING, "values": values}
-        values = self._random_values()
+        values = compat.random_values(self)
         if values is None:  # every configuration of the space has been sampled
             return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
         values.update({"tuner/epochs": rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
         return {"status": TrialStatus.RUNNING, "values": values}
-
-    def _compute_values_hash(self, values: dict[str, Any]) -> str:
-        """Hash the configuration only, so a sampled configuration is never sampled again."""
-        values = {k: v for k, v in copy.copy(values).items() if not k.startswith("tuner/")}
-        return super()._compute_values_hash(values)
 
     # --- state -------------------------------------------------------------------------------
 

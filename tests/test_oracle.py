@@ -292,13 +292,13 @@ def test_update_trial_replies_equal_keras_tuners_trial_proto(tmp_path):
     rng = random.Random(3)
     for _ in range(20):
         trial = oracle.create_trial("w0", session="s0")
-        assert service._trial_proto(trial) == trial.to_proto()
+        assert service.protos.to_proto(trial) == trial.to_proto()
         step = 0
         for _ in range(rng.randint(1, 8)):
             step = max(0, step + rng.choice([1, 1, 2, 0, -1, -3]))  # resumed, repeated, skipped, earlier steps
             metrics = {"val_f1": rng.random()} | ({"loss": rng.random()} if rng.random() < 0.7 else {})
             trial = oracle.update_trial(trial.trial_id, metrics, step=step, tuner_id="w0", session="s0")
-            assert service._trial_proto(trial, metrics, step) == trial.to_proto()
+            assert service.protos.to_proto(trial, metrics, step) == trial.to_proto()
         trial.status = Status.COMPLETED
         oracle.end_trial(trial, tuner_id="w0", session="s0")
 

@@ -13,8 +13,8 @@ import uuid
 from typing import Any
 
 import grpc
-from keras_tuner.src.engine import hyperparameters as hp_module
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import hyperparameters as hp_module
+from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.core import compat, protocol
 
@@ -30,7 +30,7 @@ class ChiefClient:
 
     def __init__(self, oracle, address: str, tuner_id: str, token: str | None,
                  wait_seconds: float = 3600.0):
-        self._oracle = oracle  # the local oracle: only its objective and settings are used
+        self._local_oracle = oracle  # the local oracle: only its objective and settings are used
         self.objective = oracle.objective
         self.max_trials = oracle.max_trials
         self.tuner_id = tuner_id
@@ -59,7 +59,7 @@ class ChiefClient:
     def __getattr__(self, name: str) -> Any:
         # The Tuner reads a few settings from its oracle (as keras-tuner's OracleClient allows).
         if name in ("allow_new_entries", "tune_new_entries"):
-            return getattr(self._oracle, name)
+            return getattr(self._local_oracle, name)
         raise AttributeError(f"ChiefClient has no attribute {name!r}")
 
     def _call(self, method, request, extra: list[tuple[str, Any]] | None = None):

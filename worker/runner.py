@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import keras
 from keras_tuner import errors as kt_errors
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.worker.client import ChiefClient, LeaseLost
 from kt_cluster.core.config import SearchConfig

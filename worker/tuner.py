@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import logging
 
-from keras_tuner.src.engine import tuner_utils
-
+from kt_cluster.core import compat
 from kt_cluster.core.tuner import SearchTuner
 from kt_cluster.worker import checkpoints
 
 log = logging.getLogger("ktc.worker")
 
 
-class WorkerTuner(SearchTuner):
+class WorkerTuner(compat.TunerSeam, SearchTuner):
     """Trains one trial at a time for `kt_cluster.worker.runner.Worker`."""
 
-    def _build_hypermodel(self, hp):
-        model = super()._build_hypermodel(hp)
+    def model_built(self, model, hp) -> None:
         parent = hp.values.get("tuner/trial_id")
         if parent is not None:  # Hyperband: continue from the parent trial's best epoch
-            model.load_weights(self._get_checkpoint_fname(parent))
-        return model
+            model.load_weights(self.checkpoint_path(parent))
 
     def run_trial(self, trial, *fit_args, **fit_kwargs) -> dict[str, list[float]]:
         """Train one trial, resuming after its last checkpointed epoch if it has one."""
@@ -35,12 +32,12 @@ class WorkerTuner(SearchTuner):
             fit_kwargs["initial_epoch"] = hp.values["tuner/initial_epoch"]
         trial_dir = self.trial_dir(trial.trial_id)
         resumed = checkpoints.load(trial_dir)
-        model = self._try_build(hp)
+        model = self.build_model(hp)
         if resumed is not None:
             checkpoints.restore(model, trial_dir)
             log.info("trial %s: resuming after epoch %d from its checkpoint", trial.trial_id, resumed.epoch)
             fit_kwargs["initial_epoch"] = max(fit_kwargs.get("initial_epoch", 0), resumed.epoch + 1)
-        best = tuner_utils.SaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial.trial_id))
+        best = compat.save_best_epoch(self.oracle.objective, self.checkpoint_path(trial.trial_id))
         if resumed is not None and resumed.best_value is not None:
             best.best_value = resumed.best_value
         progress = checkpoints.ResumeCheckpoint(trial_dir, self.oracle.objective, resumed)
