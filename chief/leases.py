@@ -64,6 +64,3 @@ class LeaseTable:
     def expired(self) -> list[Lease]:
         now = self.clock()
         return [lease for lease in self._by_trial.values() if lease.deadline < now]
-
-    def all(self) -> list[Lease]:
-        return list(self._by_trial.values())

@@ -191,7 +191,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         if self.stopping_rule is not None:
             if trial.status == TrialStatus.COMPLETED:
                 self.stopping_rule.finished(trial)  # a stock client reporting after EndTrial
-            elif trial_id not in self.stop_requested and self.stopping_rule.should_stop_indexed(trial, step):
+            elif trial_id not in self.stop_requested and self.stopping_rule.should_stop(trial, step):
                 self.stop_requested.add(trial_id)
         return trial
 
