@@ -1,6 +1,6 @@
 """Every metric a worker exports, defined in one place, on one registry.
 
-Labels stay bounded: `metric` takes the model's metric names, `outcome` a fixed set, and
+Labels stay bounded: `metric` takes the model's metric names, `outcome` a `TrialOutcome`, and
 `trial_id` only the trial this worker is running now (its series ends with the trial).
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-OUTCOMES = ("completed", "stopped_early", "failed", "invalid", "handed_back", "lease_lost")
+from kt_cluster.worker.outcome import TrialOutcome
+
 EPOCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -34,8 +35,8 @@ class WorkerMetrics:
         self.epochs = Counter("ktc_worker_epochs", "Epochs finished.", registry=r)
         self.trials = Counter("ktc_worker_trials", "Trials this worker stopped running, by outcome.",
                               ["outcome"], registry=r)
-        for outcome in OUTCOMES:
-            self.trials.labels(outcome=outcome)
+        for outcome in TrialOutcome:
+            self.trials.labels(outcome=outcome.value)
         self.idle_seconds = Counter("ktc_worker_idle_seconds", "Time spent waiting for a trial.", registry=r)
         self.busy = Gauge("ktc_worker_busy", "1 while a trial runs, 0 while waiting.", registry=r)
         self.tuner_id = tuner_id
@@ -53,8 +54,8 @@ class WorkerMetrics:
         self.epoch_seconds.observe(seconds)
         self.epochs.inc()
 
-    def trial_ended(self, trial_id: str, outcome: str) -> None:
-        self.trials.labels(outcome=outcome).inc()
+    def trial_ended(self, trial_id: str, outcome: TrialOutcome) -> None:
+        self.trials.labels(outcome=outcome.value).inc()
         self.trial.clear()
         self.epoch.set(-1)
         self.busy.set(0)

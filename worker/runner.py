@@ -28,6 +28,7 @@ from kt_cluster.core.config import SearchConfig
 from kt_cluster.core import dataset
 from kt_cluster.worker.data import pipeline
 from kt_cluster.worker.exporter import WorkerMetrics
+from kt_cluster.worker.outcome import TrialOutcome
 from kt_cluster.worker.tuner import WorkerTuner
 
 log = logging.getLogger("ktc.worker")
@@ -139,7 +140,7 @@ class Worker:
             self.run_trial(trial)
         return 0
 
-    def run_trial(self, trial: trial_module.Trial) -> str:
+    def run_trial(self, trial: trial_module.Trial) -> TrialOutcome:
         run = TrialRun(trial.trial_id)
         self.metrics.trial_started(trial.trial_id)
         beat = threading.Thread(target=self._heartbeat, args=(run,), daemon=True, name=f"heartbeat-{trial.trial_id}")
@@ -174,27 +175,27 @@ class Worker:
         if trial.message:
             log.warning("trial %s failed: %s", trial.trial_id, trial.message.splitlines()[0])
 
-    def _report(self, trial: trial_module.Trial, run: TrialRun) -> str:
+    def _report(self, trial: trial_module.Trial, run: TrialRun) -> TrialOutcome:
         if run.lease_lost:
             log.warning("trial %s: %s", trial.trial_id, run.lost_reason)
-            return "lease_lost"  # someone else holds it now; nothing of ours to report
+            return TrialOutcome.LEASE_LOST  # someone else holds it now; nothing of ours to report
         if run.interrupted:
             try:
                 self.client.hand_back(trial.trial_id, timeout=self.grace_seconds)
             except Exception as exc:  # noqa: BLE001 - the lease will lapse and requeue it anyway
                 log.warning("could not hand back trial %s: %s", trial.trial_id, exc)
-            return "handed_back"
+            return TrialOutcome.HANDED_BACK
         try:
             self.client.end_trial(trial, stopped_early=run.stop_early)
         except LeaseLost:
-            return "lease_lost"
+            return TrialOutcome.LEASE_LOST
         except grpc.RpcError as exc:
             # The chief refused the result; its lease will lapse and the trial will run again.
             log.error("EndTrial for trial %s failed: %s: %s", trial.trial_id, exc.code().name, exc.details())
-            return "lease_lost"
+            return TrialOutcome.LEASE_LOST
         if trial.status == TrialStatus.COMPLETED:
-            return "stopped_early" if run.stop_early else "completed"
-        return trial.status.lower()
+            return TrialOutcome.STOPPED_EARLY if run.stop_early else TrialOutcome.COMPLETED
+        return TrialOutcome.FAILED if trial.status == TrialStatus.FAILED else TrialOutcome.INVALID
 
     def _heartbeat(self, run: TrialRun) -> None:
         while not run.done.wait(self.heartbeat_seconds):
