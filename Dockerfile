@@ -29,7 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 1000 ktc \
     && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ktc
 
-# The dependencies of pyproject.toml and of its `neptune` extra, without the project.
+# The dependencies of pyproject.toml and of its `neptune` extra, without the project (keras-tuner
+# pinned there to the releases kt_cluster.core.compat was tested against).
 FROM base AS deps-cpu
 COPY pyproject.toml /build/pyproject.toml
 RUN python -c "import tomllib; p = tomllib.load(open('/build/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['neptune']))" > /build/requirements.txt \
@@ -46,9 +47,12 @@ RUN pip install "tensorflow[and-cuda]==$(python -c 'from importlib.metadata impo
 FROM base AS wheel
 RUN --mount=type=bind,target=/src,rw pip wheel --no-deps --wheel-dir /wheels /src
 
+# Importing the compat module checks that the installed keras-tuner is a supported release: the
+# build fails, not the chief or a worker at start-up.
 FROM deps-cpu AS cpu
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl \
-    && ktc --help >/dev/null
+    && ktc --help >/dev/null \
+    && python -c "import kt_cluster.core.compat"
 ENV HOME=/tmp \
     KERAS_HOME=/tmp/.keras
 WORKDIR /tmp
@@ -60,7 +64,8 @@ CMD ["--help"]
 
 FROM deps-gpu AS gpu
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl \
-    && ktc --help >/dev/null
+    && ktc --help >/dev/null \
+    && python -c "import kt_cluster.core.compat"
 ENV HOME=/tmp \
     KERAS_HOME=/tmp/.keras
 WORKDIR /tmp

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
 from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class

@@ -6,6 +6,7 @@ import logging
 
 from prometheus_client import start_http_server
 
+from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
 from kt_cluster.worker.client import ChiefClient
 from kt_cluster.core.config import ConfigError, SearchConfig
 from kt_cluster.core import dataset
