@@ -163,7 +163,11 @@ class TrialProtos:
     def from_proto(self, proto) -> Trial:
         """`Trial.from_proto(proto)`, reusing the running trial's HyperParameters when the worker
         sent back the very proto it was given (parsing them was a fifth of an EndTrial).
-        keras-tuner's `end_trial` puts them on the oracle's trial anyway, so it gets the same."""
+
+        keras-tuner's `end_trial` puts them on the oracle's trial: it keeps its own objects, which
+        are all that proto says. (A parse would also spell out defaults left unset and order the
+        space by kind of hyperparameter, as the proto groups them; trial.json keeps the space's
+        own order and defaults.)"""
         cached = self._hps.get(proto.trial_id)
         if cached is None or cached[1] != proto.hyperparameters:
             return Trial.from_proto(proto)

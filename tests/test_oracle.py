@@ -193,34 +193,6 @@ def test_restore_right_after_an_end_trial_neither_loses_nor_reissues_trials(tmp_
     assert again.create_trial("w0", session="s0").trial_id not in (ended.trial_id, running.trial_id)
 
 
-@pytest.mark.parametrize("direction", ["max", "min"])
-def test_trial_scores_match_keras_tuner_scoring(tmp_path, direction):
-    import math
-    import random
-
-    from keras_tuner.src.engine import metrics_tracking
-
-    oracle = make_oracle(tmp_path)
-    oracle.objective = keras_tuner.Objective("val_f1", direction)
-    rng = random.Random(7)
-    for case in range(300):
-        metrics = metrics_tracking.MetricsTracker()
-        metrics.register("val_f1", direction=direction)
-        for step in range(rng.randint(1, 6)):
-            value = rng.choice([0.25, 0.5, rng.random()])  # ties: the first step reaching the best wins
-            if case % 10 == 0:
-                value = float("nan")
-            metrics.update("val_f1", value, step=step)
-            if case % 7 == 0:
-                metrics.update("val_f1", rng.random(), step=step)  # two values at one step: a mean
-        ours, stock = (trial_module.Trial(oracle.hyperparameters.copy(), trial_id=str(case)) for _ in range(2))
-        ours.metrics = stock.metrics = metrics
-        oracle.score_trial(ours)
-        kt_oracle.Oracle.score_trial(oracle, stock)
-        same = ours.score == stock.score or (math.isnan(ours.score) and math.isnan(stock.score))
-        assert same and ours.best_step == stock.best_step, (case, ours.score, stock.score)
-
-
 def test_workers_that_left_are_forgotten_and_busy_ones_kept(tmp_path):
     import time
 
@@ -233,74 +205,6 @@ def test_workers_that_left_are_forgotten_and_busy_ones_kept(tmp_path):
     assert oracle.expire_leases() == []  # "busy" still holds a lease on the fake clock
     assert set(oracle.status()["workers"]) == {"busy", "new"}
     assert oracle.ongoing_trials["busy"].trial_id == trial.trial_id
-
-
-def test_new_trials_get_an_independent_copy_of_the_search_space(tmp_path):
-    oracle = make_oracle(tmp_path)
-    oracle.hyperparameters.Choice("activation", ["relu", "elu"], ordered=False)
-    with oracle.hyperparameters.conditional_scope("activation", ["elu"]):
-        oracle.hyperparameters.Float("alpha", 0.1, 1.0, sampling="log")
-    stock = keras_tuner.HyperParameters.copy(oracle.hyperparameters)
-    ours = oracle.hyperparameters.copy()
-    assert type(ours) is keras_tuner.HyperParameters and ours.get_config() == stock.get_config()
-    ours.space[0].min_value = 500
-    ours.values["units"] = 7
-    ours.space[1].values.append("gelu")
-    ours.space[2].conditions.clear()
-    assert oracle.hyperparameters.space[0].min_value == 1 and oracle.hyperparameters.values["units"] != 7
-    assert oracle.hyperparameters.get_config() == stock.get_config()
-    restored = make_oracle(tmp_path / "again")
-    restored.set_state(oracle.get_state())  # keras-tuner's restore assigns a plain HyperParameters
-    assert restored.hyperparameters.copy().get_config() == stock.get_config()
-
-
-def test_random_values_equal_keras_tuners_for_the_same_seed_state(tmp_path):
-    def pair(name):
-        oracle = make_oracle(tmp_path / name, max_trials=500)
-        oracle.hyperparameters.Choice("activation", ["relu", "elu"], ordered=False)
-        with oracle.hyperparameters.conditional_scope("activation", ["elu"]):
-            oracle.hyperparameters.Float("alpha", 0.1, 1.0, sampling="log")
-        oracle.hyperparameters.Boolean("norm")
-        return oracle
-
-    ours, stock = pair("ours"), pair("stock")
-    drawn = []
-    for _ in range(200):  # each draw recorded as tried, so collisions are retried as keras-tuner does
-        values = ours._random_values()
-        assert values == kt_oracle.Oracle._random_values(stock) and ours._seed_state == stock._seed_state
-        for oracle in (ours, stock):
-            oracle._tried_so_far.add(oracle._compute_values_hash(values))
-        drawn.append(values)
-    assert {"alpha" in v for v in drawn} == {True, False}  # the conditional one drawn only when active
-
-    ours.hyperparameters, stock.hyperparameters = keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
-    for oracle in (ours, stock):
-        oracle.hyperparameters.Boolean("flag")
-        oracle._tried_so_far = {oracle._compute_values_hash({"flag": flag}) for flag in (True, False)}
-    assert ours._random_values() is None is kt_oracle.Oracle._random_values(stock)  # gave up alike
-    assert ours._seed_state == stock._seed_state
-
-
-def test_update_trial_replies_equal_keras_tuners_trial_proto(tmp_path):
-    import random
-
-    from kt_cluster.chief.exporter import ChiefMetrics
-    from kt_cluster.chief.service import OracleService
-
-    oracle = make_oracle(tmp_path, max_trials=50)
-    service = OracleService(oracle, ChiefMetrics())
-    rng = random.Random(3)
-    for _ in range(20):
-        trial = oracle.create_trial("w0", session="s0")
-        assert service.protos.to_proto(trial) == trial.to_proto()
-        step = 0
-        for _ in range(rng.randint(1, 8)):
-            step = max(0, step + rng.choice([1, 1, 2, 0, -1, -3]))  # resumed, repeated, skipped, earlier steps
-            metrics = {"val_f1": rng.random()} | ({"loss": rng.random()} if rng.random() < 0.7 else {})
-            trial = oracle.update_trial(trial.trial_id, metrics, step=step, tuner_id="w0", session="s0")
-            assert service.protos.to_proto(trial, metrics, step) == trial.to_proto()
-        trial.status = Status.COMPLETED
-        oracle.end_trial(trial, tuner_id="w0", session="s0")
 
 
 def test_journal_records_only_the_running_trials_that_changed_and_restores_them_all(tmp_path):
