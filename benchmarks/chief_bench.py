@@ -364,6 +364,7 @@ def serve_restore(args) -> None:
     import keras_tuner
 
     from kt_cluster.chief import oracle as chief_oracle
+    from kt_cluster.chief import persistence
 
     def make(state: Path):
         hp = keras_tuner.HyperParameters()
@@ -407,9 +408,9 @@ def serve_restore(args) -> None:
     out["files_best"] = {p.name: p.stat().st_size for p in sorted((Path(args.dir) / "best").iterdir())}
     out["restore_seconds_best"] = restore(Path(args.dir) / "best")
     # Worst case: no compaction for the last SNAPSHOT_EVERY records (10 records a trial here).
-    every, chief_oracle.SNAPSHOT_EVERY = chief_oracle.SNAPSHOT_EVERY, 10**9
+    every, persistence.SNAPSHOT_EVERY = persistence.SNAPSHOT_EVERY, 10**9
     build(Path(args.dir) / "worst", max(1, args.max_trials - every // 10 + 1))
-    chief_oracle.SNAPSHOT_EVERY = every
+    persistence.SNAPSHOT_EVERY = every
     out["files_worst"] = {p.name: p.stat().st_size for p in sorted((Path(args.dir) / "worst").iterdir())}
     out["restore_seconds_worst"] = restore(Path(args.dir) / "worst")
     out["restore_seconds"] = max(out["restore_seconds_best"], out["restore_seconds_worst"])

@@ -33,7 +33,7 @@ from typing import Any
 from kt_cluster.core.config import ConfigError
 
 SUPPORTED = ((1, 4, 8), (1, 4, 9))  # [first, end) of the keras-tuner releases tests and benchmarks ran on
-SUPPORTED_RANGE = ">=1.4.8,<1.4.9"  # the same, as pyproject.toml pins it
+SUPPORTED_RANGE = ">={},<{}".format(*(".".join(map(str, release)) for release in SUPPORTED))  # as pyproject pins it
 
 
 class UnsupportedKerasTuner(ConfigError):
@@ -275,6 +275,7 @@ class OracleSeam:
     copy (`SearchSpace`), `apply_metrics` (the heart of `update_trial`) and `best_trials`."""
 
     # --- keras-tuner's private state and methods, by name -----------------------------------
+    # The chief's life cycle and journal need them; keras-tuner offers no public accessor.
 
     @property
     def retry_queue(self) -> list[str]:
@@ -317,8 +318,8 @@ class OracleSeam:
     def restore_state(self, state: dict[str, Any], ongoing: dict[str, str], start_order: list[str],
                       end_order: list[str], run_times: dict[str, int]) -> None:
         """`set_state` from `state_without_trials()` and the per-trial parts, once `self.trials`
-        holds every trial; the tried hashes are rebuilt from the trials, the display keeps its own
-        state."""
+        holds every trial: the tried hashes are rebuilt from the trials (`_record_values`, as
+        keras-tuner records them), the display keeps its own state."""
         self.set_state(dict(state, ongoing_trials=ongoing, start_order=start_order, end_order=end_order,
                             run_times=run_times, tried_so_far=[], id_to_hash={},
                             display=self._display.get_state()))
