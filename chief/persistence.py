@@ -14,7 +14,6 @@ of `oracle.json` on each call:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from keras_tuner.engine import trial as trial_module
@@ -97,7 +96,8 @@ class JournalMapping:
         """`trial_<id>/trial.json`, as keras-tuner lays it out, once the trial has ended."""
         text = self._ended_json.get(trial.trial_id) or compact_json(trial.get_state())
         # The state as journaled plus "stopped_early" (appended to the JSON object's text).
-        text = f'{text[:-1]},"stopped_early":{json.dumps(trial.trial_id in self.stopped_early)}}}'
+        stopped_early = "true" if trial.trial_id in self.stopped_early else "false"
+        text = f'{text[:-1]},"stopped_early":{stopped_early}}}'
         # Atomic, so readers never see a torn file, but not fsynced: the journal, not this file, is
         # the chief's record, and a killed process loses nothing the kernel already holds.
         self._pending_files.append((self.trial_file(trial.trial_id), text))

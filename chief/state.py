@@ -131,8 +131,9 @@ class Journal:
         self._write(compact_json(record))
 
     def append_encoded(self, key: str, value_json: str) -> None:
-        """Append `{key: value}` where the value is already JSON text."""
-        self._write("{" + json.dumps(key) + ":" + value_json + "}")
+        """Append `{key: value}` where the value is already JSON text and the key a plain name
+        (letters and underscores: nothing to escape)."""
+        self._write(f'{{"{key}":{value_json}}}')
 
     def _write(self, line: str) -> None:
         self.records += 1
