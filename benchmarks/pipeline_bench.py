@@ -11,18 +11,18 @@ For each image size it generates (once, cached under --data-dir) a synthetic dat
 TensorFlow's default threads (all cores, as a worker pod has):
 
   pipeline   batches/s of `kt_cluster.worker.data.pipeline.datasets(config)`'s train set alone, streaming from
-             disk (`data.cache_mb: 0`, so every batch is read and decoded, as in a trial's first
-             epoch or for a set too large to cache): read the PNGs, decode, check, resize, batch,
-             prefetch; iterated after a warm-up of a few batches.
+             disk (every batch is read and decoded, as for a set too large for `data.cache_mb`):
+             read the PNGs, decode, check, resize, batch, prefetch; iterated after a warm-up of a
+             few batches.
   train      batches/s `model.fit` consumes with the data already in memory (one epoch of batches
              taken from the pipeline into a cached in-memory dataset): the default U-Net at the
              article's middle settings (start_neurons 32, net_depth 4, elu, no dropout, BN before
              the activation), Adam, the weighted BCE and the four pixel metrics; the first epoch
              (tracing) is not timed.
-  fed        the same fit fed by the pipeline as a worker runs it (default `data.cache_mb`: decoded
-             once and then served from memory when the set fits; timed after one full pass), and
-             `streamed` with `cache_mb: 0`. Equal to `train` when the pipeline keeps up; all
-             share the same cores here, as on a CPU worker.
+  fed        the same fit fed as a worker feeds it (`kt_cluster.worker.data.feed.TrainingData`,
+             default `data.cache_mb`: the splits that fit are decoded once per worker and served
+             from memory), and `streamed` with `cache_mb: 0`. Equal to `train` when the pipeline
+             keeps up; all share the same cores here, as on a CPU worker.
 
 and reports images/s for each and the ratio pipeline/train (target: >= 5x at the default 64 px).
 Files are read from the page cache after the first pass, as on a node that has read them once;
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -51,7 +50,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kt_cluster.core.config import SearchConfig  # noqa: E402
-from kt_cluster.worker.data import pipeline, synth  # noqa: E402
+from kt_cluster.worker.data import examples, pipeline, synth  # noqa: E402
+from kt_cluster.worker.data.feed import TrainingData  # noqa: E402
 from kt_cluster.core.hypermodel import default_space_builder  # noqa: E402
 
 CLASSES = ["table_number", "stamp", "signature"]
@@ -80,9 +80,7 @@ def dataset(data_dir: Path, count: int, size: int) -> Path:
 
 
 def pipeline_rate(config: SearchConfig, batches: int, min_seconds: float, warmup: int = 5) -> dict:
-    config = copy.deepcopy(config)
-    config.data.cache_mb = 0  # decode every batch: the rate of the disk path
-    train, _, steps, _ = pipeline.datasets(config)
+    train, _, steps, _ = pipeline.datasets(config)  # streamed: every batch read and decoded
     it = iter(train)
     for _ in range(warmup):
         next(it)
@@ -136,14 +134,14 @@ def run(size: int, args) -> dict:
     train = train_rate(config, in_memory(config, steps), *common)
     print(f"  training (memory)   {train['images_per_s']:8.1f} images/s ({train['batches_per_s']:.2f} batches/s; "
           f"U-Net {args.start_neurons}/{args.net_depth}, {train['params']:,} parameters)", flush=True)
-    # As a worker runs it; untimed epochs cover one full pass, after which a cached set is in memory.
-    cached = pipeline.cache_plan(config, 0, per_pass * config.batch_size, len(CLASSES))[1]
-    fed = train_rate(config, pipeline.datasets(config)[0], *common, warmup=math.ceil(per_pass / steps) if cached else 1)
+    # As a worker feeds it: a split that fits is decoded before the first step.
+    cached = examples.cache_plan(config, 0, per_pass * config.batch_size, len(CLASSES))[1]
+    fed = train_rate(config, TrainingData(config).fit_inputs(seed=0).train, *common)
     print(f"  training (pipeline) {fed['images_per_s']:8.1f} images/s ({fed['batches_per_s']:.2f} batches/s; train set "
-          f"{'decoded once, then cached' if cached else 'streamed'} at cache_mb {config.data.cache_mb})", flush=True)
+          f"{'decoded once, in memory' if cached else 'streamed'} at cache_mb {config.data.cache_mb})", flush=True)
     streaming = copy.deepcopy(config)
     streaming.data.cache_mb = 0
-    stream = train_rate(config, pipeline.datasets(streaming)[0], *common)
+    stream = train_rate(config, TrainingData(streaming).fit_inputs(seed=0).train, *common)
     print(f"  training (streamed) {stream['images_per_s']:8.1f} images/s ({stream['batches_per_s']:.2f} batches/s; "
           f"cache_mb 0)", flush=True)
     ratio = pipe["images_per_s"] / train["images_per_s"]

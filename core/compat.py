@@ -16,7 +16,8 @@ Everything else uses keras-tuner's public names (`keras_tuner.Oracle`, `keras_tu
   hooks under public names, and faster copies of its scoring, sampling, failure check, search-space
   copy and best-trial choice), `trial_from_state`, `repair_lock`, the `Display` base class;
 - ASHA's duplicate check (`ValuesHashIgnoring`) and sampling (`random_values`);
-- the tuner: `TunerSeam` (model build, warm-start hook, checkpoint path) and `save_best_epoch`.
+- the tuner: `TunerSeam`, where keras-tuner keeps a trial's best-epoch checkpoint (the worker
+  builds, warm-starts and checkpoints its models itself, through Keras' public API).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ from keras_tuner.engine import trial as trial_module  # noqa: E402
 from keras_tuner.src import protos as _protos  # noqa: E402 - the generated wire code: no public alias
 from keras_tuner.src.engine import metrics_tracking as _metrics  # noqa: E402 - MetricsTracker: no public alias
 from keras_tuner.src.engine import oracle as _oracle  # noqa: E402 - lock tables, Display: no public alias
-from keras_tuner.src.engine import tuner_utils as _tuner_utils  # noqa: E402 - SaveBestEpoch: no public alias
 from keras_tuner.src.engine.objective import MultiObjective as _MultiObjective  # noqa: E402 - no public alias
 
 Trial = trial_module.Trial
@@ -457,29 +457,8 @@ def random_values(oracle) -> dict[str, Any] | None:
 # --- the tuner ----------------------------------------------------------------------------------
 
 class TunerSeam:
-    """Mixin placed before a keras-tuner Tuner class: its model building and checkpoint paths."""
-
-    def _build_hypermodel(self, hp):
-        # Every model keras-tuner builds (for training, `load_model`, retries) comes from here, the
-        # only place to act on it before training, as Hyperband's warm start must.
-        model = super()._build_hypermodel(hp)
-        self.model_built(model, hp)
-        return model
-
-    def model_built(self, model, hp) -> None:
-        """Called with each newly built model, before anything trains it (override)."""
-
-    def build_model(self, hp):
-        """keras-tuner's build: a fresh Keras session, the hypermodel's build, its checks of the
-        result (a Model, not over `max_model_size`)."""
-        return self._try_build(hp)
+    """Mixin placed before a keras-tuner Tuner class: where it keeps checkpoints."""
 
     def checkpoint_path(self, trial_id: str) -> str:
         """Where keras-tuner keeps a trial's best-epoch weights (what `load_model` reads)."""
         return self._get_checkpoint_fname(trial_id)
-
-
-def save_best_epoch(objective, filepath: str):
-    """keras-tuner's callback that saves the weights at the best epoch of `objective` to `filepath`,
-    as its own `run_trial` does (`best_value` holds the best so far)."""
-    return _tuner_utils.SaveBestEpoch(objective, filepath)

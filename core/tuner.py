@@ -64,7 +64,8 @@ class SearchTuner(keras_tuner.Tuner):
 
 def build_tuner(config: SearchConfig, wrap_oracle: Callable[[type], type] | None = None,
                 class_fractions: list[float] | None = None,
-                tuner_class: type[SearchTuner] = SearchTuner) -> SearchTuner:
+                tuner_class: type[SearchTuner] = SearchTuner, **tuner_kwargs: Any) -> SearchTuner:
+    """`tuner_kwargs` go to `tuner_class` (such as keras-tuner's `distribution_strategy`)."""
     results = Path(config.results)
     results.mkdir(parents=True, exist_ok=True)
     return tuner_class(
@@ -73,4 +74,5 @@ def build_tuner(config: SearchConfig, wrap_oracle: Callable[[type], type] | None
         directory=str(results),
         project_name=config.search_id,
         overwrite=False,
+        **tuner_kwargs,
     )

@@ -31,7 +31,7 @@ WRAPPED = {
     "_random_values", "_save_trial", "_check_consecutive_failures", "_compute_values_hash",  # hooks
     "_observations",  # MetricHistory's observations by step
     "_display", "_directory", "_project_name",  # the Oracle's printer and project folder
-    "_build_hypermodel", "_try_build", "_get_checkpoint_fname",  # Tuner internals
+    "_get_checkpoint_fname",  # the Tuner's checkpoint path
 }
 MODULE_TABLES = {"THREADS", "LOCKS"}  # keras-tuner's oracle lock tables
 STATE_KEYS = {"tried_so_far", "id_to_hash", "seed_state", "retry_queue"}  # get_state keys of private state

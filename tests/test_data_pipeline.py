@@ -9,8 +9,10 @@ from PIL import Image
 
 from kt_cluster.core.config import DataConfig, SearchConfig
 from kt_cluster.core.dataset import DatasetError, list_examples
-from kt_cluster.worker.data.pipeline import (DataError, bad_file_in, cache_plan, datasets, explain_data_errors, find_bad_file,
-                                  positive_fractions)
+from kt_cluster.worker.data import order
+from kt_cluster.worker.data.examples import DataError, cache_plan, decode_with_pillow, listing, positive_fractions
+from kt_cluster.worker.data.feed import TrainBatches, TrainingData, ValidationBatches
+from kt_cluster.worker.data.pipeline import bad_file_in, datasets, decode, explain_data_errors, find_bad_file, resident
 from kt_cluster.worker.data.synth import DEFAULT_CLASSES, generate
 
 CLASSES = DEFAULT_CLASSES[:3]
@@ -193,47 +195,100 @@ def _batches(dataset, count=None):
     return [(x.numpy(), y.numpy()) for x, y in (dataset.take(count) if count else dataset)]
 
 
-def test_small_splits_are_decoded_once_and_then_served_from_memory(root):
-    train, val, steps, _ = datasets(_config(root))  # 10 + 4 pages of 32 px: well under cache_mb
-    first_val = _batches(val)
-    it = iter(train)
-    for _ in range(steps + 1):  # one full pass fills the train cache
-        next(it)
+def _decoded(config: SearchConfig) -> dict:
+    examples = listing(config)
+    return {split: resident(decode(config, getattr(examples, split), len(examples.classes))) for split in ("train", "val")}
+
+
+def test_splits_that_fit_are_decoded_once_per_worker_and_serve_every_later_trial(root):
+    data = TrainingData(_config(root))  # 10 + 4 pages of 32 px: well under cache_mb
+    first = data.fit_inputs(seed=1)
+    first_val = _batches(first.val)
     for path in (root / "train/images").iterdir():
         path.unlink()
     for path in (root / "val/images").iterdir():
         path.unlink()
-    assert len(_batches(val)) == len(first_val)  # no file is read again
-    next(it)
+    second = data.fit_inputs(seed=1, initial_epoch=2)  # a later trial: no file is read again
+    assert [m.tolist() for _, m in _batches(second.val)] == [m.tolist() for _, m in first_val]
+    assert len(_batches(second.train, 3 * second.steps)) == 3 * second.steps
 
 
-def test_cached_and_streamed_pipelines_yield_the_same_batches_in_the_same_order(root):
-    cached, cached_val, steps, _ = datasets(_config(root))
-    streamed, streamed_val, _, _ = datasets(_config(root, cache_mb=0))
+def test_decoded_and_streamed_pipelines_yield_the_same_batches_in_the_same_order(root):
+    config = _config(root)
+    cached, cached_val, steps, _ = datasets(config, decoded=_decoded(config))
+    streamed, streamed_val, _, _ = datasets(config)
     for (a, ma), (b, mb) in zip(_batches(cached, 3 * steps), _batches(streamed, 3 * steps)):  # 3 reshuffled passes
         assert np.array_equal(a, b) and np.array_equal(ma, mb)
     for (a, _), (b, _) in zip(_batches(cached_val), _batches(streamed_val)):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_stream_started_at_a_later_batch_continues_the_same_stream(root, in_memory):
+    config = _config(root)
+    decoded = _decoded(config) if in_memory else None
+    whole = _batches(datasets(config, decoded=decoded)[0], 9)
+    resumed = _batches(datasets(config, start_batch=5, decoded=decoded)[0], 4)
+    for (a, ma), (b, mb) in zip(whole[5:], resumed):
+        assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_each_pass_visits_every_example_once_in_a_seeded_order():
+    passes = [order.permutation(7, 10, p) for p in range(3)]
+    assert all(sorted(p.tolist()) == list(range(10)) for p in passes)
+    assert not np.array_equal(passes[0], passes[1])
+    assert np.array_equal(order.permutation(7, 10, 1), passes[1])
+    assert order.positions(7, 10, 8, 5).tolist() == [*passes[0][8:], *passes[1][:3]]
+
+
 def test_splits_larger_than_cache_mb_stream_from_disk(root):
-    _, val, _, _ = datasets(_config(root, cache_mb=0))
-    _batches(val)
+    inputs = TrainingData(_config(root, cache_mb=0)).fit_inputs(seed=1)
+    _batches(inputs.val)
     for path in (root / "val/images").iterdir():
         path.unlink()
     with pytest.raises(tf.errors.NotFoundError):
-        _batches(val)
+        _batches(inputs.val)
 
 
-def test_validation_steps_below_one_pass_cache_only_what_is_read(root):
+def test_validation_steps_below_one_pass_decode_only_what_is_read(root):
     generate(root.parent / "more", 24, 32, CLASSES, seed=2)  # 18 train, 6 val pages
-    config = _config(root.parent / "more", validation_steps=1)
-    _, val, _, _ = datasets(config)
-    first = _batches(val)
-    for path in sorted((root.parent / "more/val/images").iterdir())[:4]:
+    data = TrainingData(_config(root.parent / "more", validation_steps=1))
+    first = _batches(data.fit_inputs(seed=1).val)
+    for path in sorted((root.parent / "more/val/images").iterdir())[4:]:  # all but the 4 validation reads
         path.unlink()
-    second = _batches(val)
+    second = _batches(data.fit_inputs(seed=1).val)
     assert len(first) == len(second) == 1 and np.array_equal(first[0][0], second[0][0])
+
+
+def test_without_tensorflow_batches_follow_the_same_order_from_arrays(root):
+    config = _config(root)
+    examples = listing(config)
+    decoded = decode_with_pillow(examples.train, SIZE, 3)
+    batches = TrainBatches(decoded, seed=1, batch=4, start=2)
+    picks = order.positions(1, len(decoded), 2 * 4 + 4, 4)  # batch 1 of a stream started at batch 2
+    images, masks = batches[1]
+    assert batches.num_batches is None and np.array_equal(images, decoded.images[picks])
+    assert np.array_equal(masks, decoded.masks[picks])
+    val = ValidationBatches(decode_with_pillow(examples.val, SIZE, 3), batch=3, steps=3)  # 4 pages: 3 + 1, then wrap
+    assert [len(val[i][0]) for i in range(3)] == [3, 1, 3] and np.array_equal(val[2][0], val[0][0])
+
+
+def test_pillow_decoding_matches_the_tf_pipeline(root):
+    config = _config(root, image_size=40)  # native size: masks must be identical
+    examples = listing(config)
+    pil = decode_with_pillow(examples.val, 40, 3)
+    tf_decoded = decode(config, examples.val, len(CLASSES))
+    assert np.array_equal(pil.masks, tf_decoded.masks)
+    assert np.abs(pil.images - tf_decoded.images).max() < 1e-6
+    shrunk = _config(root, image_size=SIZE)  # resized: both bilinear with antialiasing
+    assert np.abs(decode_with_pillow(examples.val, SIZE, 3).images - decode(shrunk, examples.val, 3).images).mean() < 0.02
+
+
+def test_a_bad_file_fails_pillow_decoding_naming_the_file(root):
+    bad = _first_val_image(root)
+    bad.write_bytes(b"\x00garbage bytes " * 20)
+    with pytest.raises(DataError, match=str(bad)):
+        decode_with_pillow(listing(_config(root)).val, SIZE, 3)
 
 
 def test_cache_budget_takes_val_first_then_train_if_it_fits_too():

@@ -66,15 +66,16 @@ def test_sigterm_hands_the_trial_back_for_another_worker_to_resume(cluster):
     c = cluster(config={"max_trials": 1, "epochs": 40, "lease_seconds": 60})
     c.start_chief("--linger")
     c.start_worker(0)
-    status = c.wait_for(lambda s: running_on(s, "worker-0"), what="worker-0 running")
-    trial_id = running_on(status, "worker-0")[0]["trial_id"]
-    c.start_worker(1)
-    c.wait_for(lambda s: "worker-1" in s["workers"], what="worker-1 polling")
-    assert running_on(c.status(), "worker-0", min_epoch=1), "the trial must still be mid-way"
-    c.kill("worker-0", signal.SIGTERM)
-    assert c.wait_exit("worker-0", timeout=30) == 0
+    c.start_worker(1)  # started together: one gets the only trial, the other polls meanwhile
+    status = c.wait_for(lambda s: len(s["workers"]) == 2 and any(r["epoch"] >= 1 for r in s["running"]),
+                        what="one worker past epoch 1, the other polling")
+    holder, trial_id = status["running"][0]["tuner_id"], status["running"][0]["trial_id"]
+    other = ({"worker-0", "worker-1"} - {holder}).pop()
+    assert not status["done"], "the trial must still be mid-way"
+    c.kill(holder, signal.SIGTERM)
+    assert c.wait_exit(holder, timeout=30) == 0
     # Taken over long before the 60 s lease could lapse: through the hand-back.
-    c.wait_for(lambda s: running_on(s, "worker-1"), timeout=15, what="worker-1 taking the trial")
+    c.wait_for(lambda s: running_on(s, other, min_epoch=-1), timeout=15, what=f"{other} taking the trial")
     c.wait_for(lambda s: s["done"], what="search done")
     trial = c.trial_files()[0]
     assert trial["trial_id"] == trial_id and trial["status"] == "COMPLETED"

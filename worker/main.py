@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from prometheus_client import start_http_server
 
 from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
-from kt_cluster.worker.client import ChiefClient
-from kt_cluster.core.config import ConfigError, SearchConfig
 from kt_cluster.core import dataset
-from kt_cluster.worker.data import pipeline
+from kt_cluster.core.config import ConfigError, SearchConfig
 from kt_cluster.core.neptune_tracking import NeptuneTracker
-from kt_cluster.worker.runner import Worker
-from kt_cluster.worker.exporter import WorkerMetrics
 from kt_cluster.core.tuner import build_tuner
-from kt_cluster.worker.tuner import WorkerTuner, configure_devices
+from kt_cluster.worker import devices
+from kt_cluster.worker.client import ChiefClient
+from kt_cluster.worker.data import examples
+from kt_cluster.worker.data.feed import TrainingData
+from kt_cluster.worker.exporter import WorkerMetrics
+from kt_cluster.worker.runner import Worker
+from kt_cluster.worker.tuner import WorkerTuner, search_seed
 
 log = logging.getLogger("ktc.worker")
 
@@ -31,19 +34,27 @@ def check_tuner_id(tuner_id: str | None) -> str:
 
 
 def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | None, metrics_port: int,
-               grace_seconds: float, threads: int | None = None) -> int:
+               grace_seconds: float, threads: int | None = None, gpu_memory_mb: int | None = None) -> int:
     tuner_id = check_tuner_id(tuner_id)
-    gpus = configure_devices(threads)
-    log.info("worker %s: GPUs %s", tuner_id, gpus or "none")
+    gpus = devices.configure(threads, gpu_memory_mb)
+    strategy = devices.strategy(gpus, config.batch_size)
+    log.info("worker %s: GPUs %s%s", tuner_id, gpus or "none",
+             f", each trial on all {len(gpus)} (MirroredStrategy)" if strategy else "")
     metrics = WorkerMetrics(tuner_id)
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
     tracker = NeptuneTracker.for_worker(config, tuner_id)
     try:
-        tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner)
+        tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner,
+                            seed=search_seed(config), distribution_strategy=strategy)
         client = ChiefClient(tuner.oracle, address, tuner_id, token)
         tuner.oracle = client
-        worker = Worker(config, tuner, client, metrics, grace_seconds=grace_seconds, tracker=tracker)
+        worker = Worker(config, tuner, client, metrics, TrainingData(config), grace_seconds=grace_seconds,
+                        tracker=tracker)
         worker.install_signal_handlers()
+        # What exists now (TensorFlow, Keras, keras-tuner: ~400,000 objects) lives as long as the
+        # process; frozen, it is no longer scanned by the collection each trial's build runs.
+        gc.collect()
+        gc.freeze()
         return worker.run()
     finally:
         http_server.shutdown()
@@ -54,7 +65,7 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
 def _class_fractions(config: SearchConfig) -> list[float] | None:
     """Class balance for the loss; with unreadable data the trials fail and say why."""
     try:
-        return pipeline.positive_fractions(config)
-    except (pipeline.DataError, dataset.DatasetError) as exc:
+        return examples.positive_fractions(config)
+    except dataset.DatasetError as exc:
         log.warning("cannot weight classes: %s", exc)
         return None

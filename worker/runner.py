@@ -23,10 +23,11 @@ import keras
 from keras_tuner import errors as kt_errors
 from keras_tuner.engine import trial as trial_module
 
-from kt_cluster.worker.client import ChiefClient, LeaseLost
-from kt_cluster.core.config import SearchConfig
 from kt_cluster.core import dataset
-from kt_cluster.worker.data import pipeline
+from kt_cluster.core.config import SearchConfig
+from kt_cluster.worker.checkpoints import CheckpointError
+from kt_cluster.worker.client import ChiefClient, LeaseLost
+from kt_cluster.worker.data.feed import TrainingData
 from kt_cluster.worker.exporter import WorkerMetrics
 from kt_cluster.worker.outcome import TrialOutcome
 from kt_cluster.worker.tuner import WorkerTuner
@@ -91,9 +92,9 @@ class ClusterCallback(keras.callbacks.Callback):
         try:
             reply = self.client.update_trial(self.run.trial_id, logs, step=epoch)
         except LeaseLost as exc:
+            # Someone else holds the trial now: checkpoint nothing more, report nothing.
             self.run.lease_lost, self.run.lost_reason = True, str(exc)
-            self.model.stop_training = True
-            return
+            raise TrialInterrupted() from exc
         if reply.status == TrialStatus.STOPPED or self.run.stop_early:
             self.run.stop_early = True
             self.model.stop_training = True
@@ -101,8 +102,9 @@ class ClusterCallback(keras.callbacks.Callback):
 
 class Worker:
     def __init__(self, config: SearchConfig, tuner: WorkerTuner, client: ChiefClient, metrics: WorkerMetrics,
-                 grace_seconds: float = 25.0, tracker=None):
+                 data: TrainingData, grace_seconds: float = 25.0, tracker=None):
         self.config, self.tuner, self.client, self.metrics = config, tuner, client, metrics
+        self.data = data  # decoded once, used by every trial
         self.tracker = tracker  # a NeptuneTracker, or None
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
@@ -157,17 +159,15 @@ class Worker:
 
     def _train(self, trial: trial_module.Trial, run: TrialRun) -> None:
         try:
-            with pipeline.explain_data_errors(self.config):
-                train, val, steps, validation_steps = pipeline.datasets(self.config)
+            with self.data.explain_errors():
                 self.tuner.run_trial(
-                    trial, train, validation_data=val, epochs=self.config.epochs, steps_per_epoch=steps,
-                    validation_steps=validation_steps, verbose=0,
+                    trial, self.data, epochs=self.config.epochs, verbose=0,
                     callbacks=[ClusterCallback(run, self.client, self.metrics, self.stopping),
                                *(self.tracker.trial_callbacks(trial) if self.tracker else [])])
             trial.status = TrialStatus.COMPLETED
         except TrialInterrupted:
             run.interrupted = True
-        except (dataset.DatasetError, kt_errors.FailedTrialError, kt_errors.FatalError) as exc:
+        except (dataset.DatasetError, CheckpointError, kt_errors.FailedTrialError, kt_errors.FatalError) as exc:
             trial.status, trial.message = TrialStatus.FAILED, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bad trial fails that trial, never the worker
             trial.status = TrialStatus.INVALID

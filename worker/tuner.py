@@ -1,64 +1,93 @@
-"""The worker's Tuner: trials that resume from per-epoch checkpoints and warm-start from a parent.
+"""The worker's Tuner: trials that resume exactly from per-epoch checkpoints and warm-start from a parent.
 
 Hyperband's only tuner-side behaviour (epochs from `tuner/epochs`, warm start from the parent
 trial's checkpoint) applies whenever a trial carries those hyperparameters, so one `WorkerTuner`
 serves every tuner kind (ASHA's promotions use the same conventions).
+
+A trial is reproducible: its initial weights and random layers are seeded from (search seed,
+trial id), and its training examples come in the order of `kt_cluster.worker.data.order` for the
+search seed. A resumed trial restores weights, optimizer state and random generator states and
+starts its data stream at its next epoch, so it trains as if it had never stopped; a promoted
+trial starts from its parent's best epoch, optimizer state included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import zlib
+from pathlib import Path
+
+import keras
+from keras_tuner import errors as kt_errors
 
 from kt_cluster.core import compat
+from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.tuner import SearchTuner
 from kt_cluster.worker import checkpoints
+from kt_cluster.worker.data.feed import TrainingData
 
 log = logging.getLogger("ktc.worker")
+
+
+def search_seed(config: SearchConfig) -> int:
+    """The search's seed: `seed`, or one derived from `search_id` (the same on every worker)."""
+    return config.seed if config.seed is not None else zlib.crc32(config.search_id.encode())
+
+
+def trial_seed(seed: int, trial_id: str) -> int:
+    return zlib.crc32(f"{seed}/{trial_id}".encode())
 
 
 class WorkerTuner(compat.TunerSeam, SearchTuner):
     """Trains one trial at a time for `kt_cluster.worker.runner.Worker`."""
 
-    def model_built(self, model, hp) -> None:
-        parent = hp.values.get("tuner/trial_id")
-        if parent is not None:  # Hyperband: continue from the parent trial's best epoch
-            model.load_weights(self.checkpoint_path(parent))
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
 
-    def run_trial(self, trial, *fit_args, **fit_kwargs) -> dict[str, list[float]]:
+    def build_model(self, hp, seed: int) -> keras.Model:
+        """The trial's compiled model, on a fresh Keras session, under the distribution strategy
+        if there is one, with its optimizer built (so state can be loaded into it, and the first
+        step traces faster than when the optimizer creates its variables inside the trace)."""
+        keras.backend.clear_session()
+        gc.collect()
+        keras.utils.set_random_seed(seed)
+        strategy = self.distribution_strategy
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = self.hypermodel.build(hp)
+            if not isinstance(model, keras.Model):
+                raise kt_errors.FatalTypeError(f"the model builder returned {type(model).__name__}, not a keras.Model")
+            checkpoints.build_optimizer(model)
+        return model
+
+    def run_trial(self, trial, data: TrainingData, epochs: int, callbacks=(), **fit_kwargs) -> dict[str, list[float]]:
         """Train one trial, resuming after its last checkpointed epoch if it has one."""
         hp = trial.hyperparameters
+        initial_epoch = 0
         if "tuner/epochs" in hp.values:
-            fit_kwargs["epochs"] = hp.values["tuner/epochs"]
-            fit_kwargs["initial_epoch"] = hp.values["tuner/initial_epoch"]
+            epochs, initial_epoch = hp.values["tuner/epochs"], hp.values["tuner/initial_epoch"]
         trial_dir = self.trial_dir(trial.trial_id)
         resumed = checkpoints.load(trial_dir)
-        model = self.build_model(hp)
+        model = self.build_model(hp, trial_seed(self.seed, trial.trial_id))
+        parent = hp.values.get("tuner/trial_id")
         if resumed is not None:
             checkpoints.restore(model, trial_dir)
             log.info("trial %s: resuming after epoch %d from its checkpoint", trial.trial_id, resumed.epoch)
-            fit_kwargs["initial_epoch"] = max(fit_kwargs.get("initial_epoch", 0), resumed.epoch + 1)
-        best = compat.save_best_epoch(self.oracle.objective, self.checkpoint_path(trial.trial_id))
-        if resumed is not None and resumed.best_value is not None:
-            best.best_value = resumed.best_value
-        progress = checkpoints.ResumeCheckpoint(trial_dir, self.oracle.objective, resumed)
-        fit_kwargs["callbacks"] = list(fit_kwargs.get("callbacks", [])) + [progress, best]
-        if fit_kwargs.get("initial_epoch", 0) < fit_kwargs.get("epochs", 1):
-            self.hypermodel.fit(hp, model, *fit_args, **fit_kwargs)
+            initial_epoch = max(initial_epoch, resumed.epoch + 1)
+        elif parent is not None:  # Hyperband, asha: continue from the parent trial's best epoch
+            checkpoints.restore_best_epoch(model, Path(self.checkpoint_path(parent)))
+        progress = checkpoints.ResumeCheckpoint(trial_dir, self.oracle.objective, resumed,
+                                                Path(self.checkpoint_path(trial.trial_id)))
+        complete = False
+        try:
+            if initial_epoch < epochs:
+                inputs = data.fit_inputs(self.seed, initial_epoch)
+                self.hypermodel.fit(hp, model, inputs.train, validation_data=inputs.val, epochs=epochs,
+                                    initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
+                                    validation_steps=inputs.val_steps, callbacks=[*callbacks, progress], **fit_kwargs)
+            complete = True
+        finally:
+            progress.finish(model, complete)
         return progress.history
-
-
-def configure_devices(threads: int | None = None) -> list[str]:
-    """Use the pod's GPUs with memory growth, so TensorFlow does not grab all memory up front.
-
-    `threads` caps TensorFlow's CPU thread pools: processes sharing a machine (`ktc local`)
-    would otherwise each start one thread per core and spend their time switching.
-    """
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    return [gpu.name for gpu in gpus]

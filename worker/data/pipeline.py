@@ -1,13 +1,17 @@
-"""tf.data input pipelines that read a dataset lazily from disk, and errors that name bad files.
+"""tf.data input pipelines: from decoded examples in memory, or read lazily from disk, and
+errors that name bad files.
 
-    train, val, steps, val_steps = datasets(config)
+    train, val, steps, val_steps = datasets(config, start_batch=e * steps, decoded=...)
     with explain_data_errors(config):
         model.fit(train, validation_data=val, epochs=..., steps_per_epoch=steps,
                   validation_steps=val_steps)
 
-Building the datasets lists file names only (a missing mask or class directory is a
-`DatasetError` right away); files are opened while iterating. A file that cannot be used
-then surfaces as a tf error, which `explain_data_errors` turns into a `DataError` naming it:
+The train set follows `order`: an endless stream whose batch b is a pure function of (seed, b),
+so `start_batch` resumes it exactly. A split given in `decoded` (tensors that `resident` made
+from `decode`'s arrays) is served from memory; any other split is streamed: building its
+dataset lists file names only (a missing mask or class directory is a `DatasetError` right
+away) and files are opened while iterating. A file that cannot be used then surfaces as a tf
+error, which `explain_data_errors` turns into a `DataError` naming it:
 
 * not a PNG/JPEG, a mask with other than one channel, or a mask whose size differs from its
   image: checked in the graph by assertions that carry the path in their message;
@@ -20,17 +24,16 @@ Errors that no file explains (out of memory, bugs in the model, ...) pass throug
 from __future__ import annotations
 
 import contextlib
-import math
 import re
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from kt_cluster.core.config import SearchConfig
-from kt_cluster.core.dataset import SPLITS, DatasetError, Example, check_classes, check_example, list_examples, open_image
+from kt_cluster.core.dataset import SPLITS, Example, check_example, list_examples
+from kt_cluster.worker.data import order
+from kt_cluster.worker.data.examples import DataError, Decoded, Listing, listing
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -39,64 +42,79 @@ OPEN, CLOSE = "ktc-bad-file<", ">ktc-bad-file"
 BAD_FILE = re.compile(re.escape(f"[{OPEN}] [") + "(.+?)" + re.escape(f"] [{CLOSE}]"), re.DOTALL)
 Loader = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 FILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError)
+DECODE_BATCH = 64  # examples decoded per step of `decode`
 
 
-class DataError(DatasetError):
-    """A data file that cannot be used; the message starts with its path."""
-
-
-def datasets(config: SearchConfig) -> tuple[tf.data.Dataset, tf.data.Dataset, int, int]:
+def datasets(config: SearchConfig, start_batch: int = 0, seed: int | None = None,
+             decoded: dict[str, Decoded] | None = None,
+             examples: Listing | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset, int, int]:
     """(train, val, steps_per_epoch, validation_steps) for `model.fit`.
 
     Batches are (images, masks): images float32 in [0, 1], (batch, size, size, channels);
-    masks float32 in {0, 1}, (batch, size, size, len(classes)). The train set is shuffled
-    (file paths, so a buffer as large as the set costs little memory; seeded by config.seed)
-    and repeats forever, so steps_per_epoch defines an epoch. The
-    validation set yields exactly validation_steps batches, the same ones every epoch.
-
-    Splits whose decoded examples (float32, after resizing) fit in `data.cache_mb` MiB, the
-    validation examples first, then the train set, are decoded once and then served from
-    memory: later epochs, and every validation pass, no longer decode PNGs on the cores that
-    train (on CPU, concurrent decoding slows big training steps down far more than its own
-    cost). What does not fit streams from disk. Either way the batches are the same, in the
-    same order.
+    masks float32 in {0, 1}, (batch, size, size, len(classes)). The train set is the stream of
+    `order` for `seed` (default: config.seed, else 0) from batch `start_batch` on, endless, so
+    steps_per_epoch defines an epoch. The validation set yields exactly validation_steps
+    batches, the same ones every epoch. `decoded` maps "train" and/or "val" to that split
+    decoded (`resident`); `examples` is the split listing when the caller has it already.
+    Either way the batches are the same, in the same order.
     """
-    root, batch = config.data_dir, config.batch_size
-    classes = check_classes(root, config.data.classes)
-    train_examples = list_examples(root, "train", classes)
-    val_examples = list_examples(root, "val", classes)
-    steps = config.data.steps_per_epoch or math.ceil(len(train_examples) / batch)
-    val_steps = config.data.validation_steps or math.ceil(len(val_examples) / batch)
+    examples = examples or listing(config)
+    decoded = decoded or {}
+    batch = config.batch_size
+    seed = (config.seed or 0) if seed is None else seed
     parallel = config.data.parallel_calls or tf.data.AUTOTUNE
-    load = _loader(config.data.image_size, config.data.channels, len(classes))
-    # Only the examples validation reads: a cache must be read to its end to be kept.
-    val_examples = val_examples[:val_steps * batch]
-    cache_val, cache_train = cache_plan(config, len(val_examples), len(train_examples), len(classes))
-    shuffle = dict(buffer_size=config.data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    if cache_train:
-        # Shuffling decoded examples with the same seed gives the order shuffling paths gives.
-        train = _paths(train_examples).map(load, num_parallel_calls=parallel).cache().shuffle(**shuffle).repeat()
+    load = _loader(config.data.image_size, config.data.channels, len(examples.classes))
+    indices = _stream(seed, len(examples.train), start_batch * batch)
+    if "train" in decoded:
+        images, masks = decoded["train"].images, decoded["train"].masks
+        train = indices.batch(batch, drop_remainder=True).map(
+            lambda i: (tf.gather(images, i), tf.gather(masks, i)), num_parallel_calls=parallel)
     else:
-        train = _paths(train_examples).shuffle(**shuffle).repeat().map(load, num_parallel_calls=parallel)
-    train = train.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    val = _paths(val_examples).map(load, num_parallel_calls=parallel)
-    if cache_val:
-        val = val.cache()
+        paths = _paths(examples.train)
+        image_paths, mask_paths = (tf.constant(p) for p in paths)
+        train = indices.map(lambda i: (tf.gather(image_paths, i), tf.gather(mask_paths, i)))
+        train = train.map(load, num_parallel_calls=parallel).batch(batch, drop_remainder=True)
+    train = train.prefetch(tf.data.AUTOTUNE)
+    if "val" in decoded:
+        val = tf.data.Dataset.from_tensor_slices((decoded["val"].images, decoded["val"].masks))
+    else:
+        val = tf.data.Dataset.from_tensor_slices(_paths(examples.val)).map(load, num_parallel_calls=parallel)
     # Batch before repeat so every validation pass starts at the first example; take() keeps
     # it finite, so Keras restarts it each epoch and evaluate(val) ends.
-    val = val.batch(batch).repeat().take(val_steps).prefetch(tf.data.AUTOTUNE)
-    return train, val, steps, val_steps
+    val = val.batch(batch).repeat().take(examples.val_steps).prefetch(tf.data.AUTOTUNE)
+    return train, val, examples.steps, examples.val_steps
 
 
-def cache_plan(config: SearchConfig, val_examples: int, train_examples: int, num_classes: int) -> tuple[bool, bool]:
-    """(cache val, cache train): what fits in data.cache_mb MiB of decoded float32 examples, val first."""
-    size = config.data.image_size
-    per_example = size * size * (config.data.channels + num_classes) * 4
-    budget = config.data.cache_mb * 2**20
-    cache_val = val_examples * per_example <= budget
-    if cache_val:
-        budget -= val_examples * per_example
-    return cache_val, train_examples * per_example <= budget
+def decode(config: SearchConfig, examples: list[Example], num_classes: int) -> Decoded:
+    """The examples decoded, checked and resized exactly as the streamed pipeline does, in file
+    order, as numpy arrays (call it inside `explain_data_errors`)."""
+    load = _loader(config.data.image_size, config.data.channels, num_classes)
+    parallel = config.data.parallel_calls or tf.data.AUTOTUNE
+    batches = tf.data.Dataset.from_tensor_slices(_paths(examples)).map(load, num_parallel_calls=parallel)
+    images, masks = [], []
+    for x, y in batches.batch(DECODE_BATCH).prefetch(1):
+        images.append(x.numpy())
+        masks.append(y.numpy())
+    return Decoded(np.concatenate(images), np.concatenate(masks))
+
+
+def resident(decoded: Decoded) -> Decoded:
+    """The arrays as tensors in host memory, made once and captured by every trial's pipeline
+    (a numpy array would be copied into each pipeline's graph)."""
+    with tf.device("/CPU:0"):
+        return Decoded(tf.constant(decoded.images), tf.constant(decoded.masks))
+
+
+def _stream(seed: int, n: int, start: int) -> tf.data.Dataset:
+    """Example indices of the train stream from position `start` (see `order`)."""
+    first_pass, offset = divmod(start, n)
+
+    def permutation(p: np.int64) -> np.ndarray:
+        return order.permutation(seed, n, int(p))
+
+    passes = tf.data.Dataset.range(first_pass, np.iinfo(np.int64).max)
+    indices = passes.map(lambda p: tf.ensure_shape(tf.numpy_function(permutation, [p], tf.int64, stateful=False), [n]))
+    return indices.unbatch().skip(offset)
 
 
 @contextlib.contextmanager
@@ -130,26 +148,8 @@ def find_bad_file(config: SearchConfig) -> str | None:
     return None
 
 
-def positive_fractions(config: SearchConfig, max_files: int = 64, floor: float = 1e-4) -> list[float]:
-    """Per class, the fraction of mask pixels that are object, from up to `max_files` train masks.
-
-    Masks are resized (nearest) to the training size first, as the pipeline does. Values are
-    clipped to [floor, 1 - floor] so an absent class still gets a usable, finite weight.
-    """
-    classes = check_classes(config.data_dir, config.data.classes)
-    examples = list_examples(config.data_dir, "train", classes)
-    picks = np.unique(np.linspace(0, len(examples) - 1, min(len(examples), max_files)).round().astype(int))
-    size = config.data.image_size
-    totals = np.zeros(len(classes))
-    for index in picks:
-        totals += [_positive_fraction(path, size) for path in examples[index].masks]
-    return [float(v) for v in np.clip(totals / len(picks), floor, 1 - floor)]
-
-
-def _paths(examples: list[Example]) -> tf.data.Dataset:
-    images = [str(e.image) for e in examples]
-    masks = [[str(m) for m in e.masks] for e in examples]
-    return tf.data.Dataset.from_tensor_slices((images, masks))
+def _paths(examples: list[Example]) -> tuple[list[str], list[list[str]]]:
+    return [str(e.image) for e in examples], [[str(m) for m in e.masks] for e in examples]
 
 
 def _loader(size: int, channels: int, num_classes: int) -> Loader:
@@ -195,11 +195,3 @@ def _require(condition: tf.Tensor, path: tf.Tensor, *problem: str | tf.Tensor) -
 
 def _hw(shape: tf.Tensor) -> tf.Tensor:
     return tf.strings.join([tf.strings.as_string(shape[1]), "x", tf.strings.as_string(shape[0])])
-
-
-def _positive_fraction(path: Path, size: int) -> float:
-    image, problem = open_image(path, ("PNG",))
-    if problem is not None:
-        raise DataError(problem)
-    mask = np.asarray(image.resize((size, size), Image.Resampling.NEAREST))
-    return float(np.mean(mask.reshape(size, size, -1)[..., 0] > 0))
