@@ -64,8 +64,13 @@ def build_optimizer(model: keras.Model) -> None:
 
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
-    """Host copies of `training_variables`, safe to write while training goes on."""
-    return [keras.ops.convert_to_numpy(v.value) for v in training_variables(model)]
+    """Host copies of `training_variables`, safe to write while training goes on (a value read
+    from a variable is not changed by later updates of the variable)."""
+    return [_host(v.value) for v in training_variables(model)]
+
+
+def _host(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)  # TensorFlow, else JAX
 
 
 def assign(model: keras.Model, values: list[np.ndarray], source: Path) -> None:

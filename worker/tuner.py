@@ -86,7 +86,8 @@ class WorkerTuner(compat.TunerSeam, SearchTuner):
                 inputs = data.fit_inputs(self.seed, initial_epoch)
                 self.hypermodel.fit(hp, model, inputs.train, validation_data=inputs.val, epochs=epochs,
                                     initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
-                                    validation_steps=inputs.val_steps, callbacks=[*callbacks, progress], **fit_kwargs)
+                                    validation_steps=inputs.val_steps, callbacks=[*callbacks, progress],
+                                    shuffle=False, **fit_kwargs)  # the order is the stream's
             complete = True
         finally:
             progress.finish(model, complete)

@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+"""Per-trial overhead of a worker: how much of its wall time is spent inside training steps?
+
+Not part of the test run. From the repository root, in the project's virtualenv:
+
+    python benchmarks/trial_overhead.py --baseline REV      # REV (e.g. main before a change) and this tree
+    python benchmarks/trial_overhead.py --sets quickstart --epochs 1,3 --trials 2   # a quick look
+
+For each code tree (this one, uncommitted changes included, and `--baseline`'s commit; each
+unpacked with `git archive` into a temp dir and put first on PYTHONPATH), each dataset and each trial length it runs a real search: a
+`python -m kt_cluster chief` process (random tuner, seed 0, the quickstart space, `--trials`
+trials of E epochs) and one worker process that runs the production worker loop
+(`kt_cluster.worker.main.run_worker`) in-process, against that chief, until the search is over.
+The worker is observed, not changed: `keras.Model.fit` gets a first and a last callback that
+time every phase, and the chief client's calls are timed. Datasets (generated once under
+--data-dir by `kt_cluster.worker.data.synth`, seed 0):
+
+  quickstart  48 pages of 48 px, what `ktc local --config examples/quickstart.yaml` generates
+  large       384 pages of 128 px (288 train, 96 val)
+
+A trial's wall time (from its CreateTrial call to the end of its EndTrial) splits into:
+
+  steps       training steps, each counted up to the trial's median step time
+  first step  the first step's excess over the median: tracing the train function (and XLA)
+  stalls      the other steps' excess over the median: waiting for input (first pass over the
+              data), slow steps after a trace
+  validation  validation passes, the first one's tracing included
+  epoch end   the epoch-end callbacks: checkpoint writes and the UpdateTrial call
+  setup       from the trial's start to fit's first callback: model build and compile, input
+              pipeline, checkpoint restore
+  after       from fit's last callback to the trial's end, EndTrial excepted
+  rpc         CreateTrial and EndTrial
+  rest        everything else (callbacks' per-batch work, fit's own bookkeeping)
+
+and the worker's start-up (devices, class statistics, tuner; TensorFlow is already imported) is
+shown once per worker. "train %" is steps / trial wall time; the target is >= 90 % for trials
+of about 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SETS = {"quickstart": (48, 48), "large": (384, 128)}  # pages, pixels
+CLASSES = ["table_number", "stamp", "signature"]
+PHASES = ("steps", "first_step", "stalls", "validation", "epoch_end", "setup", "after", "rpc", "rest")
+
+
+# --- one side: runs inside a worker process ---------------------------------------------------
+
+class Trial:
+    def __init__(self, trial_id: str, create_seconds: float):
+        self.trial_id, self.create_seconds = trial_id, create_seconds
+        self.start = time.perf_counter()
+        self.end = self.fit_begin = self.fit_end = None
+        self.steps: list[tuple[int, float]] = []  # (epoch, seconds)
+        self.validation: list[float] = []
+        self.epoch_end: list[float] = []
+        self.update_seconds = self.end_seconds = 0.0
+        self.epochs = 0
+        self._step_start = self._test_start = self._epoch_end_start = 0.0
+
+
+class Recorder:
+    """Observes the worker loop through `keras.Model.fit` and the chief client; changes nothing."""
+
+    def __init__(self):
+        self.trials: list[Trial] = []
+        self.current: Trial | None = None
+        self.lock = threading.Lock()
+
+    def install(self, worker_module, client_module) -> None:
+        import keras
+
+        recorder = self
+        fit = keras.Model.fit
+
+        def timed_fit(model, *args, callbacks=None, **kwargs):
+            head, tail = _Head(recorder.current), _Tail(recorder.current)
+            return fit(model, *args, callbacks=[head, *(callbacks or []), tail], **kwargs)
+
+        keras.Model.fit = timed_fit
+        run_trial = worker_module.Worker.run_trial
+        create, update, end = (getattr(client_module.ChiefClient, n) for n in ("create_trial", "update_trial", "end_trial"))
+
+        def timed_create(client, *args, **kwargs):
+            started = time.perf_counter()
+            trial = create(client, *args, **kwargs)
+            recorder.last_create = time.perf_counter() - started
+            return trial
+
+        def timed_run_trial(worker, trial):
+            recorder.current = Trial(trial.trial_id, recorder.last_create)
+            recorder.current.start -= recorder.last_create
+            try:
+                return run_trial(worker, trial)
+            finally:
+                recorder.current.end = time.perf_counter()
+                recorder.trials.append(recorder.current)
+
+        def timed(method, attribute):
+            def call(client, *args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return method(client, *args, **kwargs)
+                finally:
+                    if recorder.current is not None:
+                        setattr(recorder.current, attribute,
+                                getattr(recorder.current, attribute) + time.perf_counter() - started)
+            return call
+
+        client_module.ChiefClient.create_trial = timed_create
+        client_module.ChiefClient.update_trial = timed(update, "update_seconds")
+        client_module.ChiefClient.end_trial = timed(end, "end_seconds")
+        worker_module.Worker.run_trial = timed_run_trial
+
+
+@functools.cache
+def _callback_classes():
+    import keras
+
+    class Head(keras.callbacks.Callback):
+        """First in the list: sees each hook before every other callback."""
+
+        def __init__(self, trial):
+            super().__init__()
+            self.trial = trial
+
+        def on_train_begin(self, logs=None):
+            self.trial.fit_begin = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.trial.steps.append((self.epoch, time.perf_counter() - self.trial._step_start))
+
+        def on_test_begin(self, logs=None):
+            self.trial._test_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.trial._epoch_end_start = time.perf_counter()
+
+    class Tail(keras.callbacks.Callback):
+        """Last in the list: sees each hook after every other callback."""
+
+        def __init__(self, trial):
+            super().__init__()
+            self.trial = trial
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.trial._step_start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.trial.validation.append(time.perf_counter() - self.trial._test_start)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.trial.epoch_end.append(time.perf_counter() - self.trial._epoch_end_start)
+            self.trial.epochs += 1
+
+        def on_train_end(self, logs=None):
+            self.trial.fit_end = time.perf_counter()
+
+    return Head, Tail
+
+
+def _Head(trial):
+    return _callback_classes()[0](trial)
+
+
+def _Tail(trial):
+    return _callback_classes()[1](trial)
+
+
+def split(trial: Trial) -> dict[str, float]:
+    """A trial's wall time by phase (seconds); the phases add up to the wall time."""
+    wall = trial.end - trial.start
+    out = dict.fromkeys(PHASES, 0.0)
+    out["rpc"] = trial.create_seconds + trial.end_seconds
+    if trial.fit_begin is None:  # nothing trained (a resumed trial that was already complete)
+        out["rest"] = wall - out["rpc"]
+        return {**out, "wall": wall, "epochs": 0, "n_steps": 0, "median_step": 0.0}
+    durations = [s for _, s in trial.steps]
+    median = statistics.median(durations[1:] or durations)
+    out["steps"] = sum(min(d, median) for d in durations)
+    out["first_step"] = max(0.0, durations[0] - median)
+    out["stalls"] = sum(max(0.0, d - median) for d in durations[1:])
+    out["validation"] = sum(trial.validation)
+    out["epoch_end"] = sum(trial.epoch_end)
+    out["setup"] = trial.fit_begin - trial.start - trial.create_seconds
+    out["after"] = trial.end - trial.fit_end - trial.end_seconds
+    out["rest"] = wall - sum(out.values())
+    return {**out, "wall": wall, "epochs": trial.epochs, "n_steps": len(durations), "median_step": median}
+
+
+def run_side(args) -> dict:
+    """One search per (set, epochs) in a fresh worker process each: this process is one of them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras  # noqa: F401 - imported before the clock starts, as in a worker's start-up
+
+    from kt_cluster.worker import client as client_module
+    from kt_cluster.worker import main as main_module
+    from kt_cluster.worker import runner as worker_module
+    from kt_cluster.core.config import load
+
+    recorder = Recorder()
+    recorder.install(worker_module, client_module)
+    config = load(args.config, env={})
+    started = time.perf_counter()
+    first_create = []
+    create = client_module.ChiefClient.create_trial
+
+    def note_first(client, *a, **kw):
+        if not first_create:
+            first_create.append(time.perf_counter())
+        return create(client, *a, **kw)
+
+    client_module.ChiefClient.create_trial = note_first
+    main_module.run_worker(config, args.address, "worker-0", None, _free_port(), 25.0)
+    wall = time.perf_counter() - started
+    trials = [dict(split(t), trial_id=t.trial_id) for t in recorder.trials]
+    return {"wall": wall, "startup": (first_create[0] - started) if first_create else wall, "trials": trials}
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dataset(data_dir: Path, name: str) -> Path:
+    from kt_cluster.worker.data import synth
+
+    count, size = SETS[name]
+    path = data_dir / f"{name}-{count}-{size}px"
+    if not (path / "classes.txt").exists():
+        if path.exists():
+            shutil.rmtree(path)
+        synth.generate(path, count=count, size=size, classes=CLASSES, seed=0)
+    return path
+
+
+def search_config(data: Path, size: int, epochs: int, trials: int, results: Path) -> dict:
+    """The quickstart space (examples/quickstart.yaml) with a random tuner: every trial trains `epochs`."""
+    return {
+        "search_id": "overhead", "tuner": "random", "max_trials": trials, "epochs": epochs, "seed": 0,
+        "batch_size": 8, "early_stopping": False, "results": str(results),
+        "data": {"path": str(data), "image_size": size, "classes": CLASSES},
+        "space": {"start_neurons": {"min": 8, "max": 24, "step": 8}, "net_depth": {"min": 2, "max": 3},
+                  "activation": ["mish", "elu", "lrelu"]},
+    }
+
+
+def snapshot_revision() -> str:
+    """This tree as a commit, uncommitted changes included (`git stash create` touches nothing)."""
+    stash = subprocess.run(["git", "-C", str(REPO), "stash", "create"], check=True, capture_output=True, text=True)
+    return stash.stdout.strip() or "HEAD"
+
+
+def source_tree(rev: str, where: Path) -> Path:
+    """`rev`'s source as an importable `kt_cluster` package (first on PYTHONPATH), so that edits
+    made while the benchmark runs do not change what it measures."""
+    src = where / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    package = where / "path" / "kt_cluster"
+    package.mkdir(parents=True)
+    for item in (src / "ktc").iterdir():
+        (package / item.name).symlink_to(item)
+    for sub in ("core", "chief", "worker"):
+        (package / sub).symlink_to(src / sub)
+    return where / "path"
+
+
+def run_search(side: str, pythonpath: str | None, data: Path, size: int, epochs: int, args, tmp: Path) -> dict:
+    import yaml
+
+    work = tmp / f"{side}-{data.name}-{epochs}"
+    work.mkdir(parents=True)
+    config_path = work / "search.yaml"
+    config_path.write_text(yaml.safe_dump(search_config(data, size, epochs, args.trials, work / "results")))
+    port = _free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", KERASTUNER_ORACLE_IP="127.0.0.1",
+               KERASTUNER_ORACLE_PORT=str(port))
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+    with open(work / "chief.log", "wb") as log:
+        chief = subprocess.Popen([sys.executable, "-m", "kt_cluster", "chief", "--config", str(config_path), "--insecure",
+                                  "--metrics-port", str(_free_port())], env=dict(env, KERASTUNER_TUNER_ID="chief"),
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out = work / "worker.json"
+        with open(work / "worker.log", "wb") as log:
+            worker = subprocess.run([sys.executable, __file__, "--side", "--config", str(config_path),
+                                     "--address", f"127.0.0.1:{port}", "--json", str(out)],
+                                    env=dict(env, KERASTUNER_TUNER_ID="worker-0"), stdout=log, stderr=subprocess.STDOUT)
+        if worker.returncode != 0:
+            raise SystemExit(f"{side}: the worker failed; log: {work / 'worker.log'}")
+        return json.loads(out.read_text())
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGTERM)
+            try:
+                chief.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(chief.pid, signal.SIGKILL)
+                chief.wait()
+
+
+def summarise(trials: list[dict]) -> dict:
+    total = {k: sum(t[k] for t in trials) for k in (*PHASES, "wall")}
+    return {**total, "train_share": total["steps"] / total["wall"], "n": len(trials),
+            "wall_mean": total["wall"] / len(trials)}
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| code | set | epochs | trial | wall s | train % | steps | first step | stalls | validation "
+          "| epoch end | setup | after | rpc | rest |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        rows = [("first", summarise(r["trials"][:1]))]
+        if len(r["trials"]) > 1:
+            rows.append((f"later ({len(r['trials']) - 1}, mean)", summarise(r["trials"][1:])))
+        for label, s in rows:
+            n = s["n"]
+            print(f"| {r['side']} | {r['set']} | {r['epochs']} | {label} | {s['wall'] / n:.1f} | {100 * s['train_share']:.1f} | "
+                  + " | ".join(f"{s[p] / n:.2f}" for p in PHASES) + " |")
+    print("\nworker start-up (devices, class statistics, tuner), s: "
+          + ", ".join(f"{r['side']}/{r['set']}/{r['epochs']}: {r['startup']:.1f}" for r in results))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", help="also measure this git revision (e.g. the commit before a change)")
+    p.add_argument("--sets", default="quickstart,large", help=f"datasets, of {', '.join(SETS)}")
+    p.add_argument("--epochs", default="1,3,10", help="trial lengths in epochs")
+    p.add_argument("--trials", type=int, default=4, help="trials per search (the first one also pays first-time costs)")
+    p.add_argument("--data-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ktc-overhead-bench"))
+    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--side", action="store_true", help=argparse.SUPPRESS)  # internal: one worker process
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:
+        Path(args.json).write_text(json.dumps(run_side(args)))
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop the chief and the worker
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sets = {name: dataset(data_dir, name) for name in args.sets.split(",")}
+    lengths = [int(e) for e in args.epochs.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ktc-overhead-") as tmp:
+        tmp = Path(tmp)
+        sides = [("this tree", str(source_tree(snapshot_revision(), tmp / "this")))]
+        if args.baseline:
+            sides.insert(0, (f"baseline {args.baseline}", str(source_tree(args.baseline, tmp / "baseline"))))
+        print(f"{os.cpu_count()} cores; sides: {', '.join(s for s, _ in sides)}", flush=True)
+        for name, data in sets.items():
+            for epochs in lengths:
+                for side, path in sides:  # alternate sides per setting, so load changes hit both
+                    started = time.perf_counter()
+                    r = run_search(side.split()[0], path, data, SETS[name][1], epochs, args, tmp)
+                    r.update(side=side, set=name, epochs=epochs)
+                    s = summarise(r["trials"])
+                    print(f"{side:>20} {name:>10} {epochs:>2} epochs: {s['n']} trials, {s['wall_mean']:.1f} s per trial, "
+                          f"train {100 * s['train_share']:.1f} % (search {time.perf_counter() - started:.0f} s)", flush=True)
+                    results.append(r)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
