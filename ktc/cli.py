@@ -96,15 +96,24 @@ def cmd_chief(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from kt_cluster.worker.main import check_tuner_id, run_worker
+    from kt_cluster.core.protocol import check_tuner_id
 
     config, token = search_config(args), read_token(args)
     tuner_id = check_tuner_id(os.environ.get("KERASTUNER_TUNER_ID"))
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         raise ConfigError("KERASTUNER_ORACLE_IP: must be set to the chief's address")
     ip, port = oracle_address("")
+    if args.gpu_memory_mb is not None and args.gpu_memory_mb < 1:
+        raise ConfigError(f"--gpu-memory-mb: must be >= 1 when set, got {args.gpu_memory_mb}")
+    if args.processes != 1 or args.gpu_mode == "separate":
+        from kt_cluster.processes import plan, supervise
+
+        slots = plan(args.argv, tuner_id, args.processes, args.metrics_port, args.threads, args.gpus, args.gpu_mode)
+        return supervise(slots, args.grace_seconds)
+    from kt_cluster.worker.main import run_worker
+
     return run_worker(config, f"{ip}:{port}", tuner_id, token, args.metrics_port, args.grace_seconds,
-                      threads=args.threads)
+                      threads=args.threads, gpu_memory_mb=args.gpu_memory_mb)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -185,7 +194,17 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace-seconds", type=float, default=25.0,
                         help="time allowed to hand the trial back on SIGTERM")
     worker.add_argument("--threads", type=int, default=None,
-                        help="TensorFlow CPU threads (default: TensorFlow's choice, one per core)")
+                        help="TensorFlow CPU threads (default: TensorFlow's choice, one per core; "
+                             "with --processes, cores / processes)")
+    worker.add_argument("--processes", type=int, default=1,
+                        help="worker processes in this pod or machine, each running its own trials (tuner id "
+                             "<id>.<i>, metrics port --metrics-port + i): several trials per GPU")
+    worker.add_argument("--gpu-mode", choices=("shared", "separate"), default="shared",
+                        help="shared: every process trains on all the GPUs it sees (MirroredStrategy when "
+                             "several); separate: each process on one of --gpus GPUs")
+    worker.add_argument("--gpus", type=int, default=0, help="GPUs of this pod, for --gpu-mode separate")
+    worker.add_argument("--gpu-memory-mb", type=int, default=None,
+                        help="GPU memory cap of each worker process in MiB (TensorFlow; default: memory growth)")
     worker.set_defaults(func=cmd_worker)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -220,7 +239,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv  # `ktc worker --processes` starts its children with the same flags
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
