@@ -105,10 +105,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ip, port = oracle_address("")
     if args.gpu_memory_mb is not None and args.gpu_memory_mb < 1:
         raise ConfigError(f"--gpu-memory-mb: must be >= 1 when set, got {args.gpu_memory_mb}")
-    if args.processes != 1 or args.gpu_mode == "separate":
+    if args.processes != 1 or args.gpus_per_trial == "1":
         from kt_cluster.processes import plan, supervise
 
-        slots = plan(args.argv, tuner_id, args.processes, args.metrics_port, args.threads, args.gpus, args.gpu_mode)
+        slots = plan(args.argv, tuner_id, args.processes, args.metrics_port, args.threads, args.gpus, args.gpus_per_trial)
         return supervise(slots, args.grace_seconds)
     from kt_cluster.worker.main import run_worker
 
@@ -199,10 +199,10 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=1,
                         help="worker processes in this pod or machine, each running its own trials (tuner id "
                              "<id>.<i>, metrics port --metrics-port + i): several trials per GPU")
-    worker.add_argument("--gpu-mode", choices=("shared", "separate"), default="shared",
-                        help="shared: every process trains on all the GPUs it sees (MirroredStrategy when "
-                             "several); separate: each process on one of --gpus GPUs")
-    worker.add_argument("--gpus", type=int, default=0, help="GPUs of this pod, for --gpu-mode separate")
+    worker.add_argument("--gpus-per-trial", choices=("all", "1"), default="all",
+                        help="all: every process trains each trial on all the GPUs it sees (MirroredStrategy "
+                             "when several); 1: each process on one of the pod's --gpus GPUs")
+    worker.add_argument("--gpus", type=int, default=0, help="GPUs of this pod, for --gpus-per-trial 1")
     worker.add_argument("--gpu-memory-mb", type=int, default=None,
                         help="GPU memory cap of each worker process in MiB (TensorFlow; default: memory growth)")
     worker.set_defaults(func=cmd_worker)

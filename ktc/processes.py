@@ -2,8 +2,9 @@
 
 What for: a small model leaves most of a large GPU idle, and one process spends part of each
 trial on the CPU (building, tracing, checkpoints) while the GPU waits; N processes sharing a GPU
-keep it busy with N trials. With `--gpu-mode separate` a multi-GPU pod instead runs its trials
-side by side, each process on one GPU (`--processes` a multiple of `--gpus`).
+keep it busy with N trials. With `--gpus-per-trial 1` a multi-GPU pod runs its trials side by
+side, each process on one GPU (`--processes` a multiple of `--gpus`), instead of each trial on all
+of them.
 
 Each child is an ordinary `ktc worker` (same flags, same config and token) with:
 
@@ -14,7 +15,7 @@ Each child is an ordinary `ktc worker` (same flags, same config and token) with:
 - `--gpu-memory-mb` as given (TensorFlow's per-process cap; without it, memory growth), and
   `XLA_PYTHON_CLIENT_PREALLOCATE=false` for Keras on JAX, which would otherwise take 75 % of the
   GPU in each process;
-- with `--gpu-mode separate`, `CUDA_VISIBLE_DEVICES` naming its one GPU (i mod --gpus).
+- with `--gpus-per-trial 1`, `CUDA_VISIBLE_DEVICES` naming its one GPU (i mod --gpus).
 
 The children's output is this process's output. SIGTERM or SIGINT is passed on to every child:
 each hands its trial back, and this process exits 0 once they all have (it waits
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from kt_cluster.core.config import ConfigError
 
 log = logging.getLogger("ktc.worker")
-SUPERVISOR_FLAGS = {"--processes", "--gpus", "--gpu-mode", "--metrics-port", "--threads"}
+SUPERVISOR_FLAGS = {"--processes", "--gpus", "--gpus-per-trial", "--metrics-port", "--threads"}
 USAGE_ERROR = 2
 RESTART_PAUSE = (1.0, 60.0)
 STOP_MARGIN_SECONDS = 5.0
@@ -70,18 +71,18 @@ def gpu_list(gpus: int) -> list[str]:
 
 
 def plan(argv: list[str], tuner_id: str, processes: int, metrics_port: int, threads: int | None,
-         gpus: int, gpu_mode: str) -> list[Slot]:
+         gpus: int, gpus_per_trial: str) -> list[Slot]:
     """The children of this pod: argv (this process's `ktc` arguments, `argv`, with the per-child
     flags replaced) and environment of each, checked before anything starts."""
     if processes < 1:
         raise ConfigError(f"--processes: must be >= 1, got {processes}")
-    if gpu_mode == "separate":
+    if gpus_per_trial == "1":
         if gpus < 1:
-            raise ConfigError("--gpu-mode separate: needs --gpus, the number of GPUs to spread the processes over")
+            raise ConfigError("--gpus-per-trial 1: needs --gpus, the number of GPUs to spread the processes over")
         if processes % gpus:
             raise ConfigError(f"--processes: {processes} processes do not spread evenly over {gpus} GPUs "
-                              f"(--gpu-mode separate); use a multiple of {gpus}")
-    devices = gpu_list(gpus) if gpu_mode == "separate" else []
+                              f"(--gpus-per-trial 1); use a multiple of {gpus}")
+    devices = gpu_list(gpus) if gpus_per_trial == "1" else []
     threads = threads or max(1, (os.cpu_count() or 1) // processes)
     base = _without_supervisor_flags(argv)
     slots = []

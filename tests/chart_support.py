@@ -59,6 +59,8 @@ MATRIX: dict[str, dict[str, Any] | None] = {
                             "secretKey": "api-token"}},
     "existing-secret": {"auth": {"existingSecret": "search-token", "secretKey": "bearer"}},
     "replicas-5": {"workers": {"replicas": 5}},
+    "gpu-sharing": {"workers": {"gpus": 2, "gpusPerTrial": 1, "trialsPerGPU": 2, "gpuMemoryMB": 20000},
+                    "monitoring": {"serviceMonitor": {"enabled": True}}},
     "synthetic-data": {"data": {"synth": {"enabled": True, "count": 32, "ttlSecondsAfterFinished": 3600}}},
     "openshift": {"openshift": {"adaptSecurityContext": "force"}},
     "minimal": {"chief": {"scaleWorkersOnExit": False, "pdb": {"enabled": False},

@@ -28,16 +28,18 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from chart_support import container, find, pod_spec, render
-from harness import make_dataset
+from harness import make_dataset, merge
 from kube_api import KubeApi
 from kt_cluster.local import free_ports
 from kt_cluster.core.protocol import status as chief_status
@@ -55,6 +57,9 @@ VALUES: dict[str, Any] = {
     },
     "workers": {"replicas": 2},
 }
+# One pod of two GPUs, one trial per GPU: two worker processes in the pod (on CPU here: the
+# GPU-only settings, CUDA_VISIBLE_DEVICES and the memory cap, have nothing to act on).
+ONE_GPU_PER_TRIAL = merge(VALUES, {"workers": {"replicas": 1, "gpus": 2, "gpusPerTrial": 1, "gpuMemoryMB": 2048}})
 STARTUP_TIMEOUT = 240.0
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
 _ABS_PATH = re.compile(r"(?<![\w.\-/$}])/[\w.\-/]+")
@@ -291,12 +296,38 @@ def wait_until(condition, timeout: float, what: str, alive: list[Process] = ()) 
         time.sleep(0.2)
 
 
-def test_chart_pods_run_a_search_as_rendered(tmp_path):
-    objects = render(VALUES, release=RELEASE, namespace=NAMESPACE)
+def port_runs(sizes: list[int]) -> list[int]:
+    """The first ports of distinct runs of consecutive free ports, one run per size (a pod's
+    worker processes serve metrics on its port + i)."""
+    held: list[socket.socket] = []
+    firsts: list[int] = []
+    try:
+        for first in free_ports(50):
+            if len(firsts) == len(sizes):
+                break
+            try:
+                run = [socket.create_server(("127.0.0.1", first + i)) for i in range(sizes[len(firsts)])]
+            except OSError:
+                continue
+            held += run
+            firsts.append(first)
+    finally:
+        for s in held:
+            s.close()
+    assert len(firsts) == len(sizes), f"no free port runs of {sizes}"
+    return firsts
+
+
+@pytest.mark.parametrize("values, tuner_ids", [
+    (VALUES, {"worker-0", "worker-1"}),
+    (ONE_GPU_PER_TRIAL, {"worker-0.0", "worker-0.1"}),
+], ids=["two-pods", "one-pod-two-processes"])
+def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
+    objects = render(values, release=RELEASE, namespace=NAMESPACE)
     chief_sts, sts = find(objects, "StatefulSet", "-chief"), find(objects, "StatefulSet", "-worker")
     chief_svc, worker_svc = find(objects, "Service", "-chief"), find(objects, "Service", "-worker")
     chief_c, worker_c = container(chief_sts, "chief"), container(sts, "worker")
-    assert chief_sts["spec"]["replicas"] == 1 and sts["spec"]["replicas"] == 2
+    assert chief_sts["spec"]["replicas"] == 1 and sts["spec"]["replicas"] == values["workers"]["replicas"]
     assert "chief" in sts["metadata"]["name"]  # the case where a careless id would contain "chief"
 
     bin_dir, logs = ktc_shim(tmp_path / "bin"), tmp_path / "logs"
@@ -317,7 +348,10 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
     chief_probes = probe_targets(chief_c)
     assert chief_probes["readinessProbe"] == ("grpc", port_named(chief_c, grpc["targetPort"]))
     worker_metrics = port_named(worker_c, "metrics")
-    assert port_named(worker_c, service_port(worker_svc, "metrics")["targetPort"]) == worker_metrics
+    metrics_ports = [p["name"] for p in worker_c["ports"] if p["name"].startswith("metrics")]
+    for i, name in enumerate(metrics_ports):  # one per worker process: metrics, metrics-1, ...
+        assert port_named(worker_c, name) == port_named(worker_c, service_port(worker_svc, name)["targetPort"]) \
+            == worker_metrics + i
     assert set(probe_targets(worker_c).values()) == {("/metrics", worker_metrics)}
     assert worker_c["command"] == ["sh", "-c"] and len(worker_c["args"]) == 1
     for w in workers:
@@ -336,7 +370,7 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
     api.set_replicas(NAMESPACE, sts["metadata"]["name"], sts["spec"]["replicas"])
 
     # --- local ports and addresses ------------------------------------------------------------
-    port, chief_metrics_local, *worker_metrics_local = free_ports(2 + len(workers))
+    port, chief_metrics_local, *worker_metrics_local = port_runs([1, 1] + [len(metrics_ports)] * len(workers))
     chief.env["KERASTUNER_ORACLE_PORT"] = str(port)
     chief.argv[chief.argv.index("--metrics-port") + 1] = str(chief_metrics_local)
     local_port = {port_named(chief_c, "grpc"): port, chief_metrics: chief_metrics_local}
@@ -365,7 +399,7 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
 
     # --- the data gate: installed before the dataset is loaded, nothing trains until it is ----
     inits = [Process(pod, c, bin_dir, logs) for pod in [chief_pod, *worker_pods] for c in pod.spec["initContainers"]]
-    assert [i.c["name"] for i in inits] == ["check-data"] * 3
+    assert [i.c["name"] for i in inits] == ["check-data"] * (1 + len(workers))
     for init in inits:
         init.localise()
         init.start()
@@ -417,7 +451,7 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path):
             logs_text = "\n".join(p.tail() for p in running)
             assert status and status["done"], f"search not over after {STARTUP_TIMEOUT}s: {status}\n{logs_text}"
             assert not status["failure"], f"{status['failure']}\n{logs_text}"
-            assert set(status["workers"]) == {"worker-0", "worker-1"}, status["workers"]
+            assert set(status["workers"]) == tuner_ids, status["workers"]
 
             for w in workers:  # told the search is over, a worker exits 0
                 try:

@@ -282,6 +282,41 @@ def test_gpus_are_requested_and_limited(gpus):
     assert "nvidia.com/gpu" not in json.dumps(container(chief)["resources"])
 
 
+@pytest.mark.parametrize("workers, processes, flags", [
+    ({"gpus": 1, "trialsPerGPU": 3}, 3, ["--processes", "3"]),
+    ({"gpus": 2, "gpusPerTrial": 1, "trialsPerGPU": 2, "gpuMemoryMB": 20000}, 4,
+     ["--processes", "4", "--gpus-per-trial", "1", "--gpus", "2", "--gpu-memory-mb", "20000"]),
+    ({"gpus": 2, "gpusPerTrial": 1}, 2, ["--processes", "2", "--gpus-per-trial", "1", "--gpus", "2"]),
+    ({"gpus": 4}, 1, []),  # each trial on all four GPUs: one process
+    ({"gpus": 0, "trialsPerGPU": 2, "tolerations": []}, 2, ["--processes", "2"]),
+])
+def test_worker_processes_per_pod_each_get_a_metrics_port_scraped_and_admitted(tmp_path, workers, processes, flags):
+    objects = render({"workers": workers, "monitoring": {"serviceMonitor": {"enabled": True}}})
+    sts = find(objects, "StatefulSet", "-worker")
+    c = container(sts)
+    names = ["metrics"] + [f"metrics-{i}" for i in range(1, processes)]
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [(n, 9101 + i) for i, n in enumerate(names)]
+    service = find(objects, "Service", "-worker")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == \
+           [(n, 9101 + i, n) for i, n in enumerate(names)]
+    assert [e["port"] for e in find(objects, "ServiceMonitor", "-worker")["spec"]["endpoints"]] == names
+    assert [p["port"] for p in find(objects, "NetworkPolicy", "-worker")["spec"]["ingress"][0]["ports"]] == names
+    path = f"{_fake_ktc(tmp_path)}:{os.environ['PATH']}"
+    out = subprocess.run(["sh", "-c", *c["args"]], env={"PATH": path, "POD_NAME": f"{sts['metadata']['name']}-3"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "worker-3"  # the pod's id; its processes are worker-3.0, worker-3.1, ...
+    assert out[1:] == ["worker", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
+                       "--metrics-port", "9101", "--grace-seconds", "25", *flags]
+
+
+def test_one_gpu_per_trial_needs_gpus():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match=r"workers.gpusPerTrial: 1 \(one GPU per trial\) needs "
+                                                          r"workers.gpus >= 1"):
+        render({"workers": {"gpus": 0, "gpusPerTrial": 1}})
+
+
 def test_worker_scheduling_values_pass_through():
     values = MATRIX["customised"]["workers"]
     spec = pod_spec(find(render(MATRIX["customised"]), "StatefulSet", "-worker"))
@@ -762,3 +797,14 @@ def test_upgrades_keep_the_live_worker_count_unless_replicas_or_the_config_chang
     assert find(render(MATRIX["replicas-5"]), "StatefulSet", "-worker")["spec"]["replicas"] == 5
     source = (CHART / "templates" / "_helpers.tpl").read_text()
     assert 'lookup "apps/v1" "StatefulSet" .Release.Namespace (include "kt-cluster.worker" .)' in source
+
+
+@pytest.mark.parametrize("workers, says", [
+    ({}, "with 2 worker(s) of 1 GPU(s) each."),
+    ({"gpus": 2}, "with 2 worker(s) of 2 GPU(s) each, each trial on all 2 GPUs."),
+    ({"gpus": 2, "gpusPerTrial": 1, "trialsPerGPU": 2},
+     "with 2 worker(s) of 2 GPU(s) each, 4 worker processes (trials at once) per pod, one GPU per trial."),
+])
+def test_notes_say_how_the_workers_use_their_gpus(workers, says):
+    notes = render_files({"workers": workers})["kt-cluster/templates/NOTES.txt"]
+    assert says in notes.strip().splitlines()[0]

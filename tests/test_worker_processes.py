@@ -14,13 +14,13 @@ import pytest
 from kt_cluster.core.config import ConfigError
 from kt_cluster.processes import Slot, plan, supervise
 
-ARGV = ["worker", "--config", "/etc/ktc/search.yaml", "--processes", "4", "--gpus=2", "--gpu-mode", "separate",
+ARGV = ["worker", "--config", "/etc/ktc/search.yaml", "--processes", "4", "--gpus=2", "--gpus-per-trial", "1",
         "--metrics-port", "9101", "--threads=8", "--grace-seconds", "25", "--gpu-memory-mb", "20000"]
 
 
 def test_each_child_gets_its_own_id_port_threads_and_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    slots = plan(ARGV, "worker-3", processes=4, metrics_port=9101, threads=None, gpus=2, gpu_mode="separate")
+    slots = plan(ARGV, "worker-3", processes=4, metrics_port=9101, threads=None, gpus=2, gpus_per_trial="1")
     assert [s.tuner_id for s in slots] == ["worker-3.0", "worker-3.1", "worker-3.2", "worker-3.3"]
     assert [s.env["KERASTUNER_TUNER_ID"] for s in slots] == [s.tuner_id for s in slots]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "0", "1"]
@@ -33,22 +33,22 @@ def test_each_child_gets_its_own_id_port_threads_and_gpu(monkeypatch):
         assert slot.env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
 
 
-def test_shared_mode_leaves_every_gpu_visible_and_separate_mode_follows_cuda_visible_devices(monkeypatch):
+def test_trials_on_all_gpus_see_every_gpu_and_one_gpu_trials_follow_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    shared = plan(["worker"], "worker-0", processes=2, metrics_port=9101, threads=2, gpus=2, gpu_mode="shared")
-    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in shared] == ["5,7", "5,7"]
-    separate = plan(["worker"], "worker-0", processes=2, metrics_port=9101, threads=2, gpus=2, gpu_mode="separate")
-    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in separate] == ["5", "7"]
+    everywhere = plan(["worker"], "worker-0", processes=2, metrics_port=9101, threads=2, gpus=2, gpus_per_trial="all")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in everywhere] == ["5,7", "5,7"]
+    one_each = plan(["worker"], "worker-0", processes=2, metrics_port=9101, threads=2, gpus=2, gpus_per_trial="1")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in one_each] == ["5", "7"]
 
 
 @pytest.mark.parametrize("processes, gpus, mode, says", [
-    (3, 2, "separate", r"^--processes: 3 processes do not spread evenly over 2 GPUs"),
-    (2, 0, "separate", r"^--gpu-mode separate: needs --gpus"),
-    (0, 1, "shared", r"^--processes: must be >= 1"),
+    (3, 2, "1", r"^--processes: 3 processes do not spread evenly over 2 GPUs"),
+    (2, 0, "1", r"^--gpus-per-trial 1: needs --gpus"),
+    (0, 1, "all", r"^--processes: must be >= 1"),
 ])
 def test_impossible_layouts_are_refused_before_anything_starts(processes, gpus, mode, says):
     with pytest.raises(ConfigError, match=says):
-        plan(["worker"], "worker-0", processes=processes, metrics_port=9101, threads=1, gpus=gpus, gpu_mode=mode)
+        plan(["worker"], "worker-0", processes=processes, metrics_port=9101, threads=1, gpus=gpus, gpus_per_trial=mode)
 
 
 def _slot(index: int, code: str) -> Slot:

@@ -3,7 +3,7 @@
 A worker process trains every trial on all the GPUs it sees: one GPU, or several with
 TensorFlow's MirroredStrategy (one model replica per GPU, gradients summed across them each step).
 What a process sees is decided by whoever starts it: the whole pod (`workers.gpus`), or one GPU
-of it when `ktc worker --gpu-mode separate` gives each process its own (`CUDA_VISIBLE_DEVICES`).
+of it when `ktc worker --gpus-per-trial 1` gives each process its own (`CUDA_VISIBLE_DEVICES`).
 
 `batch_size` is the global batch of a step: with K GPUs each replica computes batch_size / K
 examples, so a trial optimises the same way whatever the worker's shape (scale batch_size and
@@ -53,7 +53,7 @@ def strategy(gpus: list[str], batch_size: int):
                           f"of this worker trains on; use a multiple of {len(gpus)}")
     if keras.backend.backend() != "tensorflow":
         raise ConfigError(f"this worker sees {len(gpus)} GPUs, but trials spread over several GPUs only with "
-                          "Keras' TensorFlow backend; give each process one GPU (ktc worker --gpu-mode separate)")
+                          "Keras' TensorFlow backend; give each process one GPU (ktc worker --gpus-per-trial 1)")
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy(gpus)

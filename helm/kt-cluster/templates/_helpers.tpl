@@ -327,11 +327,24 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
+{{/* Worker processes per pod: trialsPerGPU, times the GPUs when each trial has one to itself. */}}
+{{- define "kt-cluster.workerProcesses" -}}
+{{- $w := .Values.workers -}}
+{{- if and (eq (toString $w.gpusPerTrial) "1") (gt (int $w.gpus) 1) -}}
+{{- mul (int $w.trialsPerGPU) (int $w.gpus) -}}
+{{- else -}}
+{{- int $w.trialsPerGPU -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Checks the template language can do and the values schema cannot. */}}
 {{- define "kt-cluster.validate" -}}
 {{- $w := .Values.workers -}}
 {{- if lt (float64 $w.terminationGracePeriodSeconds) (addf $w.graceSeconds 5) -}}
 {{- fail (printf "workers.terminationGracePeriodSeconds (%v) must be at least workers.graceSeconds (%v) + 5: a worker needs graceSeconds to hand its trial back, then time to exit before it is killed" $w.terminationGracePeriodSeconds $w.graceSeconds) -}}
+{{- end -}}
+{{- if and (eq (toString $w.gpusPerTrial) "1") (lt (int $w.gpus) 1) -}}
+{{- fail "workers.gpusPerTrial: 1 (one GPU per trial) needs workers.gpus >= 1; for several trials per CPU pod set workers.trialsPerGPU" -}}
 {{- end -}}
 {{- $pdb := .Values.chief.pdb -}}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) -}}
