@@ -61,13 +61,22 @@ def apply_precision_policy(config: SearchConfig) -> str:
     Returns the policy in force.
     """
     if config.mixed_precision:
-        import tensorflow as tf
-
-        if tf.config.list_physical_devices("GPU"):
+        if gpu_visible():
             keras.mixed_precision.set_global_policy("mixed_float16")
         else:
             log.warning("mixed_precision: no GPU visible to this process; ignored (training stays float32)")
     return keras.mixed_precision.global_policy().name
+
+
+def gpu_visible() -> bool:
+    """Whether Keras' backend (TensorFlow or JAX) sees a GPU in this process."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _net_depth_range(config: SearchConfig) -> tuple[int, int]:
@@ -115,10 +124,21 @@ def load_hypermodel(spec: str) -> ModelBuilder:
 
 def build_hypermodel(config: SearchConfig, class_fractions: Sequence[float] | None = None) -> ModelBuilder:
     """The user's `config.hypermodel` when set (it compiles its own loss), else the default space."""
-    apply_precision_policy(config)
+    policy = apply_precision_policy(config)
     if config.hypermodel:
-        return _with_compile_options(load_hypermodel(config.hypermodel), config)
-    return default_space_builder(config, class_fractions)
+        return _under_policy(_with_compile_options(load_hypermodel(config.hypermodel), config), policy)
+    return _under_policy(default_space_builder(config, class_fractions), policy)
+
+
+def _under_policy(builder: ModelBuilder, policy: str) -> ModelBuilder:
+    """Each build sets the dtype policy again: keras.backend.clear_session(), which a tuner runs
+    before every trial's build, resets it to float32."""
+
+    def build(hp: keras_tuner.HyperParameters) -> keras.Model:
+        keras.mixed_precision.set_global_policy(policy)
+        return builder(hp)
+
+    return build
 
 
 def _with_compile_options(builder: ModelBuilder, config: SearchConfig) -> ModelBuilder:

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import keras
+import numpy as np
 import keras_tuner
 import pytest
 import tensorflow as tf
@@ -102,3 +103,78 @@ def test_mixed_precision_on_gpu_sets_mixed_float16_with_a_float32_output(monkeyp
 
 def test_mixed_precision_off_by_default(float32_after):
     assert apply_precision_policy(from_dict({})) == "float32"
+
+
+# --- the real path: a worker trial in mixed precision with XLA ---------------------------------
+
+def _worker_trial(tmp_path, **options):
+    import keras_tuner as kt
+    from keras_tuner.src.engine import trial as trial_module
+
+    from harness import TINY, make_dataset, merge
+    from kt_cluster.core.tuner import build_tuner
+    from kt_cluster.worker.data.feed import TrainingData
+    from kt_cluster.worker.tuner import WorkerTuner
+
+    data = make_dataset(tmp_path / "data", count=16, size=32)
+    config = from_dict(merge(TINY, {"seed": 3, "results": str(tmp_path / "results"), "data": {"path": str(data)},
+                                    **options}))
+    tuner = build_tuner(config, class_fractions=[0.1, 0.1, 0.1], tuner_class=WorkerTuner, seed=3)
+    hp = kt.HyperParameters()
+    hp.values.update({"start_neurons": 8, "net_depth": 2, "activation": "relu", "dropout": False, "bn_after_act": False})
+    return tuner, trial_module.Trial(hp, trial_id="0"), TrainingData(config)
+
+
+class Seen(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        from kt_cluster.worker import checkpoints
+
+        self.state = checkpoints.snapshot(self.model)
+
+    def on_train_end(self, logs=None):
+        self.jit_compile = self.model.jit_compile
+        self.compute_dtype = self.model.get_layer("down0_conv1").compute_dtype
+        self.optimizer = type(self.model.optimizer).__name__
+
+
+def test_a_resumed_mixed_precision_trial_keeps_its_loss_scale(tmp_path, float32_after, monkeypatch):
+    """float16 kernels run on the CPU too (slowly): the worker's checkpoints carry the loss-scale
+    optimizer's state (the mixed_float16 policy itself needs a GPU, so it is granted here)."""
+    from kt_cluster.core import hypermodel
+    from kt_cluster.worker import checkpoints
+    from kt_cluster.worker.runner import TrialInterrupted
+
+    monkeypatch.setattr(hypermodel, "gpu_visible", lambda: True)
+    tuner, trial, data = _worker_trial(tmp_path, mixed_precision=True)
+
+    class StopInEpoch1(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                raise TrialInterrupted()
+
+    with pytest.raises(TrialInterrupted):
+        tuner.run_trial(trial, data, epochs=2, verbose=0, callbacks=[StopInEpoch1()])
+    saved = checkpoints.read_state(tuner.trial_dir("0") / checkpoints.STATE)
+    seen = Seen()
+    history = tuner.run_trial(trial, data, epochs=2, verbose=0, callbacks=[seen])
+    assert seen.compute_dtype == "float16" and seen.optimizer == "LossScaleOptimizer"
+    assert np.isfinite(history["loss"]).all() and len(history["loss"]) == 2
+    # Resumed with every variable of epoch 0: weights, Adam's moments, the loss scale and its counter.
+    assert len(seen.state) == len(saved) and all(np.array_equal(a, b) for a, b in zip(seen.state, saved))
+
+
+def _gpus() -> list:
+    return tf.config.list_physical_devices("GPU")
+
+
+@pytest.mark.skipif(not _gpus(), reason="no GPU visible to TensorFlow: the real mixed-precision and XLA path needs one")
+def test_on_a_gpu_a_worker_trial_trains_in_mixed_precision_with_xla(tmp_path, float32_after):
+    tuner, trial, data = _worker_trial(tmp_path, mixed_precision=True, jit_compile=True)
+    seen = Seen()
+    history = tuner.run_trial(trial, data, epochs=2, verbose=0, callbacks=[seen])
+    assert seen.jit_compile is True and seen.compute_dtype == "float16" and seen.optimizer == "LossScaleOptimizer"
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_f1"]).all()
+    assert (tuner.trial_dir("0") / "checkpoint.weights.h5").exists()
