@@ -50,7 +50,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -81,7 +80,7 @@ class Recorder:
     def __init__(self):
         self.trials: list[Trial] = []
         self.current: Trial | None = None
-        self.lock = threading.Lock()
+        self.last_create = 0.0
 
     def install(self, worker_module, client_module) -> None:
         import keras
@@ -187,13 +186,15 @@ def _Tail(trial):
 
 
 def split(trial: Trial) -> dict[str, float]:
-    """A trial's wall time by phase (seconds); the phases add up to the wall time."""
+    """A trial's wall time by phase (seconds); the phases add up to the wall time. `complete`
+    is false for a trial cut short (the worker stopped) or that trained nothing."""
     wall = trial.end - trial.start
     out = dict.fromkeys(PHASES, 0.0)
     out["rpc"] = trial.create_seconds + trial.end_seconds
-    if trial.fit_begin is None:  # nothing trained (a resumed trial that was already complete)
+    if trial.fit_begin is None or trial.fit_end is None or not trial.steps:
         out["rest"] = wall - out["rpc"]
-        return {**out, "wall": wall, "epochs": 0, "n_steps": 0, "median_step": 0.0}
+        return {**out, "wall": wall, "epochs": trial.epochs, "n_steps": len(trial.steps), "median_step": 0.0,
+                "complete": False}
     durations = [s for _, s in trial.steps]
     median = statistics.median(durations[1:] or durations)
     out["steps"] = sum(min(d, median) for d in durations)
@@ -204,11 +205,13 @@ def split(trial: Trial) -> dict[str, float]:
     out["setup"] = trial.fit_begin - trial.start - trial.create_seconds
     out["after"] = trial.end - trial.fit_end - trial.end_seconds
     out["rest"] = wall - sum(out.values())
-    return {**out, "wall": wall, "epochs": trial.epochs, "n_steps": len(durations), "median_step": median}
+    return {**out, "wall": wall, "epochs": trial.epochs, "n_steps": len(durations), "median_step": median,
+            "complete": True}
 
 
-def run_side(args) -> dict:
-    """One search per (set, epochs) in a fresh worker process each: this process is one of them."""
+def observe_worker(config_path: str, address: str, metrics_port: int | None = None) -> dict:
+    """Run the production worker loop in this process until the search is over (or SIGTERM),
+    observed: the split of every trial, the worker's start-up and wall time."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras  # noqa: F401 - imported before the clock starts, as in a worker's start-up
 
@@ -219,7 +222,7 @@ def run_side(args) -> dict:
 
     recorder = Recorder()
     recorder.install(worker_module, client_module)
-    config = load(args.config, env={})
+    config = load(config_path, env={})
     started = time.perf_counter()
     first_create = []
     create = client_module.ChiefClient.create_trial
@@ -230,7 +233,7 @@ def run_side(args) -> dict:
         return create(client, *a, **kw)
 
     client_module.ChiefClient.create_trial = note_first
-    main_module.run_worker(config, args.address, "worker-0", None, _free_port(), 25.0)
+    main_module.run_worker(config, address, "worker-0", None, metrics_port or free_port(), 25.0)
     wall = time.perf_counter() - started
     trials = [dict(split(t), trial_id=t.trial_id) for t in recorder.trials]
     return {"wall": wall, "startup": (first_create[0] - started) if first_create else wall, "trials": trials}
@@ -238,7 +241,7 @@ def run_side(args) -> dict:
 
 # --- the driver --------------------------------------------------------------------------------
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -296,35 +299,47 @@ def run_search(side: str, pythonpath: str | None, data: Path, size: int, epochs:
     work.mkdir(parents=True)
     config_path = work / "search.yaml"
     config_path.write_text(yaml.safe_dump(search_config(data, size, epochs, args.trials, work / "results")))
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", KERASTUNER_ORACLE_IP="127.0.0.1",
                KERASTUNER_ORACLE_PORT=str(port))
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     with open(work / "chief.log", "wb") as log:
         chief = subprocess.Popen([sys.executable, "-m", "kt_cluster", "chief", "--config", str(config_path), "--insecure",
-                                  "--metrics-port", str(_free_port())], env=dict(env, KERASTUNER_TUNER_ID="chief"),
+                                  "--metrics-port", str(free_port())], env=dict(env, KERASTUNER_TUNER_ID="chief"),
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
     try:
         out = work / "worker.json"
         with open(work / "worker.log", "wb") as log:
-            worker = subprocess.run([sys.executable, __file__, "--side", "--config", str(config_path),
-                                     "--address", f"127.0.0.1:{port}", "--json", str(out)],
-                                    env=dict(env, KERASTUNER_TUNER_ID="worker-0"), stdout=log, stderr=subprocess.STDOUT)
-        if worker.returncode != 0:
+            worker = subprocess.Popen([sys.executable, __file__, "--side", "--config", str(config_path),
+                                       "--address", f"127.0.0.1:{port}", "--json", str(out)],
+                                      env=dict(env, KERASTUNER_TUNER_ID="worker-0"), stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        if worker.wait() != 0:
             raise SystemExit(f"{side}: the worker failed; log: {work / 'worker.log'}")
         return json.loads(out.read_text())
     finally:
-        if chief.poll() is None:
-            os.killpg(chief.pid, signal.SIGTERM)
-            try:
-                chief.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(chief.pid, signal.SIGKILL)
-                chief.wait()
+        for process in (worker, chief):
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def summarise(trials: list[dict]) -> dict:
+    """Sums over the complete trials, their share in training steps, their count and mean wall time."""
+    trials = [t for t in trials if t["complete"]]
+    if not trials:
+        return {**dict.fromkeys((*PHASES, "wall"), 0.0), "train_share": 0.0, "n": 0, "wall_mean": 0.0}
     total = {k: sum(t[k] for t in trials) for k in (*PHASES, "wall")}
     return {**total, "train_share": total["steps"] / total["wall"], "n": len(trials),
             "wall_mean": total["wall"] / len(trials)}
@@ -359,7 +374,7 @@ def main() -> int:
     p.add_argument("--address", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        Path(args.json).write_text(json.dumps(run_side(args)))
+        Path(args.json).write_text(json.dumps(observe_worker(args.config, args.address)))
         return 0
 
     sys.path.insert(0, str(REPO))
@@ -385,9 +400,9 @@ def main() -> int:
                     print(f"{side:>20} {name:>10} {epochs:>2} epochs: {s['n']} trials, {s['wall_mean']:.1f} s per trial, "
                           f"train {100 * s['train_share']:.1f} % (search {time.perf_counter() - started:.0f} s)", flush=True)
                     results.append(r)
+                    if args.json:  # after every search: a long run that stops early keeps what it measured
+                        Path(args.json).write_text(json.dumps(results, indent=2))
     print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
