@@ -14,27 +14,28 @@ not tf.data: the same U-Net, worker loop, checkpoints and chief either way.
 
 Every scenario is a real search on a synthetic set (`kt_cluster.worker.data.synth`, generated
 once under --data-dir): a `python -m kt_cluster chief` on the CPU (CUDA_VISIBLE_DEVICES="",
-JAX_PLATFORMS=cpu: it never holds GPU memory) and workers on the GPU, as production runs them:
+JAX_PLATFORMS=cpu: it never holds GPU memory) and N worker processes on the GPU, started as
+`ktc worker --processes N` (the chart's workers.trialsPerGPU) starts them (tuner ids, CPU
+threads, environment: `kt_cluster.processes.plan`), each running the production worker loop
+in-process, observed as trial_overhead.py observes it:
 
-  1 per GPU     one worker process running the production loop in-process, observed as in
-                trial_overhead.py (the per-trial overhead split below comes from these runs)
-  N per GPU     `python -m kt_cluster worker --processes N` (the chart's workers.trialsPerGPU):
-                N processes sharing the GPU, each with its own trials
+  N per GPU     N = 1, 2, 4, 8 processes sharing the GPU, each training its own trials
   mixed prec.   1 per GPU with `mixed_precision: true`
-  XLA off/on    1 per GPU with `jit_compile: false` / `true` (the others leave it to Keras:
-                on for JAX, on for TensorFlow on a GPU)
+  XLA off       1 per GPU with `jit_compile: false` (the others leave it to Keras: XLA on with
+                JAX, and with TensorFlow on a GPU; the XLA column says what Keras chose)
 
-Each scenario is measured over a window of --seconds that opens once every process holds a
-trial (start-up, TensorFlow or JAX import and the first data decode are outside it):
+Each scenario is measured over a window of --seconds that opens once every process has
+finished an epoch (start-up, TensorFlow or JAX import, the data decode and the first compile
+are outside it):
 
-  trials/h     trials completed in the window x 3600 / window (from the workers' metrics)
+  trials/h     trials completed in the window x 3600 / window
   epochs/h     epochs finished, likewise (finer grained than trials)
   steps/s      training steps per second, all processes together
-  train %      time inside training steps / (processes x window): ktc_worker_step_duration_seconds
+  train %      time in training steps (each counted up to its trial's median step) / (processes x window)
+  compile %    first steps' excess over the median (tracing, XLA compilation) / (processes x window)
+  stall %      the other steps' excess over the median (waiting for input) / time in steps
   GPU util     mean of nvidia-smi's utilization.gpu, sampled every 0.5 s ("n/a" without nvidia-smi)
   GPU mem      peak memory in use on the GPU during the window
-  stall %      1-process scenarios: steps' excess over the median step (waiting for input, slow
-               steps after a compile) / time in steps, from the observed trials
 
 The overhead split (per trial, seconds) is trial_overhead.py's: steps, first step (trace and
 compile), stalls, validation, epoch end (checkpoints, UpdateTrial), setup (build, data, restore),
@@ -52,9 +53,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import statistics
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,15 +64,17 @@ overhead = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(overhead)
 
 CLASSES = ["table_number", "stamp", "signature"]
-FULL = {"pages": 320, "image_size": 256, "batch_size": 16, "epochs": 3, "seconds": 40, "counts": (1, 2, 4, 8),
+FULL = {"startup": 240, "pages": 320, "image_size": 256, "batch_size": 16, "epochs": 3, "seconds": 40,
+        "counts": (1, 2, 4, 8),
         "space": {"start_neurons": {"min": 16, "max": 64, "step": 16}, "net_depth": {"min": 3, "max": 5},
                   "activation": ["relu", "elu", "mish", "lrelu"]}}
 # Spaces large enough that a random search does not run out of new configurations in a window.
-TINY = {"pages": 24, "image_size": 32, "batch_size": 4, "epochs": 2, "seconds": 15, "counts": (1, 2),
+TINY = {"startup": 600, "pages": 24, "image_size": 32, "batch_size": 4, "epochs": 2, "seconds": 15,
+        "counts": (1, 2),
         "space": {"start_neurons": {"min": 4, "max": 16, "step": 2}, "net_depth": {"min": 1, "max": 2},
                   "activation": ["relu", "elu", "mish", "lrelu"], "bn_after_act": False}}
-STARTUP_TIMEOUT = 240.0
 BUDGET_SECONDS = 450.0  # the whole run on one GPU: under 8 minutes with the set's generation
+STOP_TIMEOUT = 120.0  # a worker told to stop finishes the compile in progress first
 
 
 # --- the GPU, observed from outside ------------------------------------------------------------
@@ -117,28 +120,7 @@ def device_name() -> str:
     return "no GPU (nvidia-smi not found)"
 
 
-# --- the workers, observed through their metrics -----------------------------------------------
-
-def scrape(ports: list[int]) -> dict[str, float]:
-    """Sums over the processes of the counters the window needs."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = {"steps": 0.0, "step_seconds": 0.0, "epochs": 0.0, "completed": 0.0}
-    for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "ktc_worker_step_duration_seconds_count":
-                    total["steps"] += sample.value
-                elif sample.name == "ktc_worker_step_duration_seconds_sum":
-                    total["step_seconds"] += sample.value
-                elif sample.name == "ktc_worker_epochs_total":
-                    total["epochs"] += sample.value
-                elif sample.name == "ktc_worker_trials_total" and sample.labels.get("outcome") == "completed":
-                    total["completed"] += sample.value
-    return total
-
+# --- one scenario --------------------------------------------------------------------------------
 
 def chief_status(address: str) -> dict | None:
     from kt_cluster.core.protocol import status
@@ -149,8 +131,6 @@ def chief_status(address: str) -> dict | None:
         return None
 
 
-# --- one scenario --------------------------------------------------------------------------------
-
 def scenario_config(preset: dict, data: Path, results: Path, extra: dict) -> dict:
     return {"search_id": "gpu-bench", "tuner": "random", "max_trials": 10_000, "epochs": preset["epochs"],
             "seed": 0, "batch_size": preset["batch_size"], "early_stopping": False, "results": str(results),
@@ -160,7 +140,11 @@ def scenario_config(preset: dict, data: Path, results: Path, extra: dict) -> dic
 
 def run_scenario(name: str, processes: int, extra: dict, preset: dict, data: Path, env: dict, work: Path,
                  sampler: GpuSampler, seconds: float) -> dict:
+    """A search with `processes` worker processes on the GPU, measured over a window of `seconds`
+    that opens once each has finished an epoch."""
     import yaml
+
+    from kt_cluster.processes import plan
 
     work.mkdir(parents=True)
     config_path = work / "search.yaml"
@@ -169,69 +153,86 @@ def run_scenario(name: str, processes: int, extra: dict, preset: dict, data: Pat
     address = f"127.0.0.1:{port}"
     env = dict(env, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
     chief_env = dict(env, KERASTUNER_TUNER_ID="chief", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    first_metrics = _free_ports(processes)
-    chief = worker = None
+    # The processes `ktc worker --processes N` would start (tuner ids, threads, environment), each
+    # running the production loop observed in-process.
+    slots = plan(["worker"], "worker-0", processes, overhead.free_port(), None, 0, "all", environ=env)
+    chief, workers = None, []
     try:
         with open(work / "chief.log", "wb") as log:
             chief = subprocess.Popen([sys.executable, "-m", "kt_cluster", "chief", "--config", str(config_path),
                                       "--insecure", "--metrics-port", str(overhead.free_port())], env=chief_env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        worker_env = dict(env, KERASTUNER_TUNER_ID="worker-0", XLA_PYTHON_CLIENT_PREALLOCATE="false")
-        if processes == 1:  # observed in-process: the overhead split
+        for slot in slots:
+            threads = slot.argv[slot.argv.index("--threads") + 1]
             argv = [sys.executable, __file__, "--side", "--config", str(config_path), "--address", address,
-                    "--metrics-port", str(first_metrics), "--json", str(work / "side.json")]
-        else:
-            argv = [sys.executable, "-m", "kt_cluster", "worker", "--config", str(config_path), "--insecure",
-                    "--processes", str(processes), "--metrics-port", str(first_metrics)]
-        with open(work / "workers.log", "wb") as log:
-            worker = subprocess.Popen(argv, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
+                    "--tuner-id", slot.tuner_id, "--threads", threads, "--json", str(work / f"{slot.tuner_id}.json")]
+            with open(work / f"{slot.tuner_id}.log", "wb") as log:
+                workers.append(subprocess.Popen(argv, env=slot.env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True))
+        trained, deadline = set(), time.monotonic() + preset["startup"]
+        while len(trained) < processes:  # each process has finished an epoch: compiled, data decoded
             status = chief_status(address)
-            if status and len([r for r in status["running"] if r["epoch"] >= 0]) >= processes:
-                break
-            if worker.poll() is not None or chief.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: the workers did not all start a trial; logs in {work}")
+            trained |= {r["tuner_id"] for r in (status or {}).get("running", []) if r["epoch"] >= 0}
+            if any(w.poll() is not None for w in workers) or chief.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: not every worker process trained an epoch; logs in {work}")
             time.sleep(0.5)
-        ports = [first_metrics + i for i in range(processes)]
-        before, start = scrape(ports), time.monotonic()
+        start, start_mono = time.time(), time.monotonic()
         time.sleep(seconds)
-        after, end = scrape(ports), time.monotonic()
+        end, end_mono = time.time(), time.monotonic()
     finally:
-        for process in (worker, chief):  # SIGTERM: the workers hand their trials back
-            overhead.stop_process(process)
-    window = end - start
-    util, memory = sampler.window(start, end)
-    delta = {k: after[k] - before[k] for k in after}
-    row = {"scenario": name, "processes": processes, "window": window, "config": extra,
-           "trials_per_hour": delta["completed"] * 3600 / window, "epochs_per_hour": delta["epochs"] * 3600 / window,
-           "steps_per_second": delta["steps"] / window, "train_share": delta["step_seconds"] / (processes * window),
-           "gpu_util": util, "gpu_memory_gib": memory}
-    side = work / "side.json"
-    if side.exists():
-        trials = json.loads(side.read_text())["trials"]
-        summary = overhead.summarise(trials)
-        steps_time = summary["steps"] + summary["stalls"] + summary["first_step"]
-        row["stall_share"] = summary["stalls"] / steps_time if steps_time else None
-        row["overhead"] = summary
+        stop_all(workers, STOP_TIMEOUT)  # they hand their trials back (after a compile in progress)
+        overhead.stop_process(chief)
+    # A process killed while it compiled leaves what it measured up to its last trial.
+    sides = [json.loads(path.read_text()) if path.exists() else {"trials": []}
+             for path in (work / f"{slot.tuner_id}.json" for slot in slots)]
+    util, memory = sampler.window(start_mono, end_mono)
+    row = {"scenario": name, "processes": processes, "window": end - start, "config": extra,
+           "gpu_util": util, "gpu_memory_gib": memory, **window_figures(sides, start, end, processes)}
+    trials = [t for side in sides for t in side["trials"]]
+    row["overhead"] = overhead.summarise(trials)
+    row["xla"] = sorted({t["jit_compile"] for t in trials if t.get("jit_compile") is not None})
+    row["precision"] = sorted({t["policy"] for t in trials if t.get("policy")})
     return row
 
 
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (worker process i serves metrics on it + i)."""
-    import socket
-
-    for _ in range(100):
-        first = overhead.free_port()
+def stop_all(processes: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to every process group at once, SIGKILL to what is left after `timeout`."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
         try:
-            sockets = [socket.create_server(("127.0.0.1", first + i)) for i in range(count)]
-        except OSError:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def window_figures(sides: list[dict], start: float, end: float, processes: int) -> dict:
+    """What happened between start and end, from every process's observed trials."""
+    window = end - start
+    trials = epochs = steps = 0
+    steady = compile_ = stalls = in_steps = 0.0
+    for trial in (t for side in sides for t in side["trials"]):
+        trials += trial["complete"] and start <= trial["ended_at"] <= end
+        epochs += sum(start <= at <= end for at in trial["epochs_at"])
+        durations = trial["step_seconds"]
+        if not durations:
             continue
-        for s in sockets:
-            s.close()
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
+        median = statistics.median(durations[1:] or durations)
+        for i, (at, seconds) in enumerate(zip(trial["steps_at"], durations)):
+            if not start <= at <= end:
+                continue
+            steps += 1
+            in_steps += seconds
+            steady += min(seconds, median)
+            excess = max(0.0, seconds - median)
+            compile_ += excess if i == 0 else 0.0
+            stalls += excess if i > 0 else 0.0
+    return {"trials_per_hour": trials * 3600 / window, "epochs_per_hour": epochs * 3600 / window,
+            "steps_per_second": steps / window, "train_share": steady / (processes * window),
+            "compile_share": compile_ / (processes * window), "stall_share": stalls / in_steps if in_steps else None}
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -277,8 +278,7 @@ def dataset(data_dir: Path, preset: dict) -> Path:
 
 def scenarios(preset: dict) -> list[tuple[str, int, dict]]:
     out = [(f"{n} per GPU", n, {}) for n in preset["counts"]]
-    return out + [("mixed precision", 1, {"mixed_precision": True}), ("XLA off", 1, {"jit_compile": False}),
-                  ("XLA on", 1, {"jit_compile": True})]
+    return out + [("mixed precision", 1, {"mixed_precision": True}), ("XLA off", 1, {"jit_compile": False})]
 
 
 def _pct(value: float | None) -> str:
@@ -286,16 +286,20 @@ def _pct(value: float | None) -> str:
 
 
 def print_tables(rows: list[dict], backend: str) -> None:
-    print(f"\n| scenario ({backend}) | processes | trials/h | epochs/h | steps/s | train % | GPU util % | GPU mem GiB | stall % |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| scenario ({backend}) | processes | XLA | precision | trials/h | epochs/h | steps/s | train % | compile % "
+          "| stall % | GPU util % | GPU mem GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['scenario']} | {r['processes']} | {r['error']} | | | | | | |")
+            print(f"| {r['scenario']} | {r['processes']} | | | {r['error']} | | | | | | | |")
             continue
         util = "n/a" if r["gpu_util"] is None else f"{r['gpu_util']:.1f}"
         memory = "n/a" if r["gpu_memory_gib"] is None else f"{r['gpu_memory_gib']:.1f}"
-        print(f"| {r['scenario']} | {r['processes']} | {r['trials_per_hour']:.0f} | {r['epochs_per_hour']:.0f} | "
-              f"{r['steps_per_second']:.1f} | {_pct(r['train_share'])} | {util} | {memory} | {_pct(r.get('stall_share'))} |")
+        xla = "/".join("on" if x else "off" for x in r["xla"]) or "n/a"
+        print(f"| {r['scenario']} | {r['processes']} | {xla} | {'/'.join(r['precision']) or 'n/a'} | "
+              f"{r['trials_per_hour']:.0f} | {r['epochs_per_hour']:.0f} | "
+              f"{r['steps_per_second']:.1f} | {_pct(r['train_share'])} | {_pct(r['compile_share'])} | "
+              f"{_pct(r['stall_share'])} | {util} | {memory} |")
     split = [r for r in rows if r.get("overhead")]
     print(f"\noverhead split, seconds per complete trial ({backend}):\n")
     print("| scenario | trials | wall | train % | " + " | ".join(overhead.PHASES) + " |")
@@ -320,10 +324,13 @@ def main() -> int:
     p.add_argument("--side", action="store_true", help=argparse.SUPPRESS)  # internal: the observed worker
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
-    p.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--tuner-id", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        Path(args.json).write_text(json.dumps(overhead.observe_worker(args.config, args.address, args.metrics_port)))
+        observed = overhead.observe_worker(args.config, args.address, tuner_id=args.tuner_id, threads=args.threads,
+                                           save=Path(args.json))
+        Path(args.json).write_text(json.dumps(observed))
         return 0
 
     sys.path.insert(0, str(REPO))

@@ -65,6 +65,11 @@ class Trial:
     def __init__(self, trial_id: str, create_seconds: float):
         self.trial_id, self.create_seconds = trial_id, create_seconds
         self.start = time.perf_counter()
+        self.started_at = time.time() - create_seconds  # wall clock, comparable across processes
+        self.epochs_at: list[float] = []
+        self.steps_at: list[float] = []
+        self.jit_compile: bool | None = None  # as Keras resolved it
+        self.policy: str | None = None
         self.end = self.fit_begin = self.fit_end = None
         self.steps: list[tuple[int, float]] = []  # (epoch, seconds)
         self.validation: list[float] = []
@@ -81,6 +86,7 @@ class Recorder:
         self.trials: list[Trial] = []
         self.current: Trial | None = None
         self.last_create = 0.0
+        self.on_trial = None  # called after every trial
 
     def install(self, worker_module, client_module) -> None:
         import keras
@@ -109,7 +115,10 @@ class Recorder:
                 return run_trial(worker, trial)
             finally:
                 recorder.current.end = time.perf_counter()
+                recorder.current.ended_at = time.time()
                 recorder.trials.append(recorder.current)
+                if recorder.on_trial is not None:
+                    recorder.on_trial()
 
         def timed(method, attribute):
             def call(client, *args, **kwargs):
@@ -141,12 +150,15 @@ def _callback_classes():
 
         def on_train_begin(self, logs=None):
             self.trial.fit_begin = time.perf_counter()
+            self.trial.jit_compile = bool(self.model.jit_compile)
+            self.trial.policy = self.model.dtype_policy.name
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
             self.trial.steps.append((self.epoch, time.perf_counter() - self.trial._step_start))
+            self.trial.steps_at.append(time.time())
 
         def on_test_begin(self, logs=None):
             self.trial._test_start = time.perf_counter()
@@ -169,6 +181,7 @@ def _callback_classes():
 
         def on_epoch_end(self, epoch, logs=None):
             self.trial.epoch_end.append(time.perf_counter() - self.trial._epoch_end_start)
+            self.trial.epochs_at.append(time.time())
             self.trial.epochs += 1
 
         def on_train_end(self, logs=None):
@@ -209,11 +222,17 @@ def split(trial: Trial) -> dict[str, float]:
             "complete": True}
 
 
-def observe_worker(config_path: str, address: str, metrics_port: int | None = None) -> dict:
+def observe_worker(config_path: str, address: str, metrics_port: int | None = None,
+                   tuner_id: str = "worker-0", threads: int | None = None, save: Path | None = None) -> dict:
     """Run the production worker loop in this process until the search is over (or SIGTERM),
-    observed: the split of every trial, the worker's start-up and wall time."""
+    observed: the split of every trial, the worker's start-up and wall time (also written to
+    `save` after every trial, so that a killed worker leaves what it measured)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
     import keras  # noqa: F401 - imported before the clock starts, as in a worker's start-up
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from kt_cluster.worker import client as client_module
     from kt_cluster.worker import main as main_module
@@ -233,10 +252,19 @@ def observe_worker(config_path: str, address: str, metrics_port: int | None = No
         return create(client, *a, **kw)
 
     client_module.ChiefClient.create_trial = note_first
-    main_module.run_worker(config, address, "worker-0", None, metrics_port or free_port(), 25.0)
-    wall = time.perf_counter() - started
-    trials = [dict(split(t), trial_id=t.trial_id) for t in recorder.trials]
-    return {"wall": wall, "startup": (first_create[0] - started) if first_create else wall, "trials": trials}
+
+    def observed() -> dict:
+        trials = [dict(split(t), trial_id=t.trial_id, started_at=t.started_at, ended_at=t.ended_at,
+                       steps_at=t.steps_at, step_seconds=[d for _, d in t.steps], epochs_at=t.epochs_at,
+                       jit_compile=t.jit_compile, policy=t.policy)
+                  for t in recorder.trials]
+        wall = time.perf_counter() - started
+        return {"wall": wall, "startup": (first_create[0] - started) if first_create else wall, "trials": trials}
+
+    if save is not None:
+        recorder.on_trial = lambda: Path(save).write_text(json.dumps(observed()))
+    main_module.run_worker(config, address, tuner_id, None, metrics_port or free_port(), 25.0, threads=threads)
+    return observed()
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -324,12 +352,13 @@ def run_search(side: str, pythonpath: str | None, data: Path, size: int, epochs:
             stop_process(process)
 
 
-def stop_process(process: subprocess.Popen | None) -> None:
+def stop_process(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM to its process group (a worker hands its trial back), SIGKILL after `timeout`."""
     if process is None or process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -50,9 +50,8 @@ class DataConfig:
     classes: list[str] = field(default_factory=lambda: ["table_number", "stamp", "signature"])
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
-    shuffle_buffer: int = 64
     parallel_calls: int | None = None  # None: tf.data AUTOTUNE
-    cache_mb: int = 512  # decoded val, then train examples that fit stay in memory after one pass; 0: never
+    cache_mb: int = 512  # decoded val, then train examples that fit, kept in each worker's memory; 0: never
 
 
 @dataclass
@@ -246,7 +245,6 @@ def validate(c: SearchConfig) -> None:
     for name in ("steps_per_epoch", "validation_steps", "parallel_calls"):
         value = getattr(d, name)
         check(value is None or value >= 1, f"data.{name}", f"must be >= 1 when set, got {value}")
-    check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
     check(d.cache_mb >= 0, "data.cache_mb", f"must be >= 0 (0: never cache), got {d.cache_mb}")
     _validate_space(c.space, check)
 

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 from kt_cluster.core.config import ConfigError
 
@@ -60,9 +61,9 @@ class Slot:
     done: bool = False
 
 
-def gpu_list(gpus: int) -> list[str]:
+def gpu_list(gpus: int, environ: Mapping[str, str]) -> list[str]:
     """The pod's GPUs as CUDA_VISIBLE_DEVICES names them: that variable's entries if set, else 0..gpus-1."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if visible:
         if len(visible) < gpus:
             raise ConfigError(f"--gpus: {gpus} GPUs asked for but CUDA_VISIBLE_DEVICES lists {len(visible)}")
@@ -71,9 +72,11 @@ def gpu_list(gpus: int) -> list[str]:
 
 
 def plan(argv: list[str], tuner_id: str, processes: int, metrics_port: int, threads: int | None,
-         gpus: int, gpus_per_trial: str) -> list[Slot]:
+         gpus: int, gpus_per_trial: str, environ: Mapping[str, str] | None = None) -> list[Slot]:
     """The children of this pod: argv (this process's `ktc` arguments, `argv`, with the per-child
-    flags replaced) and environment of each, checked before anything starts."""
+    flags replaced) and environment (`environ`, default this process's, plus each child's own
+    settings), checked before anything starts."""
+    environ = os.environ if environ is None else environ
     if processes < 1:
         raise ConfigError(f"--processes: must be >= 1, got {processes}")
     if gpus_per_trial == "1":
@@ -82,13 +85,13 @@ def plan(argv: list[str], tuner_id: str, processes: int, metrics_port: int, thre
         if processes % gpus:
             raise ConfigError(f"--processes: {processes} processes do not spread evenly over {gpus} GPUs "
                               f"(--gpus-per-trial 1); use a multiple of {gpus}")
-    devices = gpu_list(gpus) if gpus_per_trial == "1" else []
+    devices = gpu_list(gpus, environ) if gpus_per_trial == "1" else []
     threads = threads or max(1, (os.cpu_count() or 1) // processes)
     base = _without_supervisor_flags(argv)
     slots = []
     for i in range(processes):
         child_id = f"{tuner_id}.{i}"
-        env = dict(os.environ, KERASTUNER_TUNER_ID=child_id, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        env = dict(environ, KERASTUNER_TUNER_ID=child_id, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
         child_argv = [sys.executable, "-m", "kt_cluster", *base,
