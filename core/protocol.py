@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from kt_cluster.core.config import ConfigError
+
 ORACLE_SERVICE = "keras_tuner.Oracle"
 COORDINATOR_SERVICE = "ktc.Coordinator"
 COORDINATOR_METHODS = ("Heartbeat", "HandBack", "Status")
@@ -65,6 +67,17 @@ def check_id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise ProtocolError(f"{field}: must be a printable string of 1 to {MAX_ID_LENGTH} characters")
     return value
+
+
+def check_tuner_id(tuner_id: str | None) -> str:
+    """A worker's `KERASTUNER_TUNER_ID`, refused when unusable."""
+    if not tuner_id:
+        raise ConfigError("KERASTUNER_TUNER_ID: must be set to this worker's id, such as worker-0")
+    if "chief" in tuner_id:
+        # keras-tuner turns any process whose id contains "chief" into a second chief.
+        raise ConfigError(f"KERASTUNER_TUNER_ID: {tuner_id!r} contains 'chief', which keras-tuner reserves "
+                          "for the chief; use an id such as worker-0")
+    return tuner_id
 
 
 def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import logging
 from prometheus_client import start_http_server
 
 from kt_cluster.worker.client import ChiefClient
-from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.protocol import check_tuner_id
 from kt_cluster.core import dataset
 from kt_cluster.worker.data import pipeline
 from kt_cluster.core.neptune_tracking import NeptuneTracker
@@ -17,16 +18,6 @@ from kt_cluster.core.tuner import build_tuner
 from kt_cluster.worker.tuner import WorkerTuner, configure_devices
 
 log = logging.getLogger("ktc.worker")
-
-
-def check_tuner_id(tuner_id: str | None) -> str:
-    if not tuner_id:
-        raise ConfigError("KERASTUNER_TUNER_ID: must be set to this worker's id, such as worker-0")
-    if "chief" in tuner_id:
-        # keras-tuner turns any process whose id contains "chief" into a second chief.
-        raise ConfigError(f"KERASTUNER_TUNER_ID: {tuner_id!r} contains 'chief', which keras-tuner reserves "
-                          "for the chief; use an id such as worker-0")
-    return tuner_id
 
 
 def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | None, metrics_port: int,
