@@ -39,7 +39,7 @@ from kt_cluster import endpoints  # noqa: E402
 from kt_cluster.core.protocol import status  # noqa: E402
 from kt_cluster.supervisor import Child, python_module  # noqa: E402
 from kt_cluster.worker.data import synth  # noqa: E402
-from light_support import blocked, light_paths, plain, write_files  # noqa: E402
+from light_support import LightPath, blocked, light_paths, plain, write_files  # noqa: E402
 
 TARGET_SECONDS = 1.0
 TOKEN = "benchmark-token-0123456789"
@@ -50,8 +50,8 @@ TIMED = ["help-ktc", "help-local", "help-chief", "help-status", "results-summary
 def start_chief(folder: Path) -> tuple[Child, str, Path]:
     """A chief on a tiny search with no worker: what `ktc status` talks to."""
     data = folder / "data"
-    synth.generate(data, count=4, size=16, classes=["table_number", "stamp", "signature"], seed=0)
-    (folder / "chief.yaml").write_text(f"search_id: bench\ndata: {{path: {data}, image_size: 16}}\n"
+    synth.generate(data, count=4, size=32, classes=["table_number", "stamp", "signature"], seed=0)
+    (folder / "chief.yaml").write_text(f"search_id: bench\ndata: {{path: {data}, image_size: 32}}\n"
                                        f"results: {folder / 'chief-results'}\n")
     token = folder / "chief-token"
     token.write_text(TOKEN)
@@ -88,12 +88,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(argv: list[str]) -> tuple[float, float, int, str]:
+def run(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
     """Wall seconds, CPU seconds (user + system of the child), exit code, output."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                         env={k: v for k, v in os.environ.items() if not k.startswith(("KTC_", "KERASTUNER_"))})
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KTC_", "KERASTUNER_"))}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=clean | env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -111,21 +111,23 @@ def main() -> int:
         paths = {p.name: p for p in light_paths(folder)}
         chief, address, token = start_chief(folder)
         try:
-            commands = {name: (paths[name].args, paths[name].code, paths[name].says) for name in TIMED}
-            commands["status-live"] = (["status", "--chief", address, "--auth-token-file", str(token)], 0, "trials")
-            commands["status-results"] = (["status", "--results", str(folder / "local-results")], 0, "trials")
-            for name, (argv, code, says) in commands.items():  # the light paths, and only they
-                _, _, got, said = run(blocked(argv))
-                if got != code or says not in said or "is blocked" in said:
-                    raise SystemExit(f"{name}: exit {got}, expected {code} saying {says!r}:\n{said}")
-            timed = {name: plain(argv) for name, (argv, _, _) in commands.items()}
-            timed["baseline: python -c pass"] = [sys.executable, "-c", "pass"]
-            timed["baseline: import tensorflow"] = [sys.executable, "-c", "import tensorflow"]
+            commands = {name: paths[name] for name in TIMED}
+            commands["status-live"] = LightPath("status-live", ["status", "--chief", address, "--auth-token-file",
+                                                                str(token)], 0, "trials")
+            commands["status-results"] = LightPath("status-results", ["status", "--results",
+                                                                      str(folder / "local-results")], 0, "trials")
+            for name, path in commands.items():  # the light paths, and only they
+                _, _, got, said = run(blocked(path.args), path.env)
+                if got != path.code or path.says not in said or "is blocked" in said:
+                    raise SystemExit(f"{name}: exit {got}, expected {path.code} saying {path.says!r}:\n{said}")
+            timed = {name: (plain(path.args), path.env) for name, path in commands.items()}
+            timed["baseline: python -c pass"] = ([sys.executable, "-c", "pass"], {})
+            timed["baseline: import tensorflow"] = ([sys.executable, "-c", "import tensorflow"], {})
             walls: dict[str, list[float]] = {name: [] for name in timed}
             cpus: dict[str, list[float]] = {name: [] for name in timed}
             for _ in range(args.rounds):
-                for name, argv in timed.items():
-                    wall, cpu, _, _ = run(argv)
+                for name, (argv, env) in timed.items():
+                    wall, cpu, _, _ = run(argv, env)
                     walls[name].append(wall)
                     cpus[name].append(cpu)
         finally:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       create_model, model_validator)
 from pydantic.fields import FieldInfo
@@ -245,10 +244,13 @@ def environment_overrides() -> type:
 
 def read_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Flat name -> text of every `KTC_<NAME>` variable set in `env` (default: the process's)."""
+    names = {ENV_PREFIX + name.upper() for name in OVERRIDES}
+    if not any(key.upper() in names and value for key, value in (os.environ if env is None else env).items()):
+        return {}  # nothing to read: spare the import of pydantic-settings
     from pydantic_settings import EnvSettingsSource
 
     settings = environment_overrides()
-    source = EnvSettingsSource(settings)
+    source = EnvSettingsSource(settings)  # reads the process environment
     if env is not None:
         source.env_vars = {k.lower(): v for k, v in env.items() if v != ""}
     return {name: value for name, value in settings.model_validate(source()).model_dump().items()
@@ -258,6 +260,8 @@ def read_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> SearchConfig:
     """Read YAML (optional), apply `KTC_*` environment variables, then flag overrides."""
+    import yaml  # here: `--help`, `ktc status` and `ktc results` never read a config
+
     raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     sources: dict[str, str] = {}
     for name, text in read_environment(env).items():
@@ -273,6 +277,8 @@ def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = 
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
-
 from kt_cluster.core.config import ConfigError
 
 ORACLE_SERVICE = "keras_tuner.Oracle"
@@ -83,6 +81,8 @@ def check_tuner_id(tuner_id: str | None) -> str:
 def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """One `ktc.Coordinator/Status` call, for `ktc status` and `ktc local`'s progress view."""
     metadata = [(AUTHORIZATION, f"Bearer {token}")] if token else []
+    import grpc  # here: a worker's argument errors need none of it
+
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(method_path(COORDINATOR_SERVICE, "Status"),
                                    request_serializer=encode, response_deserializer=decode)
