@@ -89,11 +89,20 @@ def test_sigterm_hands_the_trial_back_for_another_worker_to_resume(cluster):
 
 
 def test_a_trial_that_raises_fails_with_its_message_and_the_search_ends_clearly(cluster, tmp_path):
-    from harness import make_dataset
+    from harness import TINY, make_dataset
+    from kt_cluster.core.dataset import DatasetError, check_dataset
 
     data = make_dataset(tmp_path / "bad-data")
-    corrupt = sorted((data / "train" / "images").iterdir())[0]
-    corrupt.write_bytes(b"this is not a png")
+    for corrupt in sorted((data / "train" / "images").iterdir()):
+        original = corrupt.read_bytes()
+        corrupt.write_bytes(b"this is not a png")
+        try:
+            check_dataset(data, TINY["data"]["classes"])
+            break  # a page the chief's start-up check does not decode: a trial meets it
+        except DatasetError:
+            corrupt.write_bytes(original)
+    else:
+        raise AssertionError("the start-up check decodes every page of this dataset")
     c = cluster(data=data, config={"max_trials": 3, "max_retries_per_trial": 0,
                                    "max_consecutive_failed_trials": 2})
     c.start_chief()
