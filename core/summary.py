@@ -122,7 +122,7 @@ def render(trials: list[Trial], objective: str, direction: str, search_dir: Path
         lines += ["", "Promoted configurations (a trial continues the training of the one before it; "
                       "epochs counted from 1):"]
         for chain in chains[:LINEAGES]:
-            lines.append("  " + " -> ".join(f"{t['trial_id']} (epochs {_epoch_span(t)}, {_score(t)})" for t in chain))
+            lines.append("  " + " -> ".join(f"{t['trial_id']} ({_epochs_text(t)}, {_score(t)})" for t in chain))
         if len(chains) > LINEAGES:
             lines.append(f"  ... and {len(chains) - LINEAGES} more")
     setbacks = [t for t in trials if outcome(t) not in ("completed", "stopped early", "running", "idle")]
@@ -148,6 +148,13 @@ def _epoch_span(trial: Trial) -> str:
     if not done:
         return "-"
     return str(done[0] + 1) if len(done) == 1 else f"{done[0] + 1}-{done[-1] + 1}"
+
+
+def _epochs_text(trial: Trial) -> str:
+    span = _epoch_span(trial)
+    if span == "-":
+        return "no epoch"
+    return f"epochs {span}" if "-" in span else f"epoch {span}"
 
 
 def _value(value: Any) -> str:
