@@ -446,9 +446,14 @@ class Server:
         else:
             import yaml
 
+            from kt_cluster.worker.data import synth
+
+            # The chief checks the dataset at start; the bench's clients never read it.
+            data = self.dir / "data"
+            synth.generate(data, count=4, size=32, classes=["table_number", "stamp", "signature"], seed=0)
             config = {"search_id": "bench", "tuner": tuner, "objective": OBJECTIVE, "direction": "max",
                       "max_trials": max_trials, "hypermodel": "chief_bench:build_space", "seed": 1,
-                      "results": str(self.dir / "results"), "data": {"path": str(self.dir / "no-data")}}
+                      "results": str(self.dir / "results"), "data": {"path": str(data)}}
             config.update(extra_config or {})
             (self.dir / "search.yaml").write_text(yaml.safe_dump(config))
             (self.dir / "token").write_text(TOKEN)

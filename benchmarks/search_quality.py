@@ -79,7 +79,7 @@ def run_tuner(tuner: str, args, data: Path, workdir: Path) -> dict:
             proc.wait()
     log.close()
     if finished and proc.returncode != 0:
-        chief_log = results / "local" / "chief.log"
+        chief_log = results / config["search_id"] / "local" / "chief.log"
         tail = chief_log.read_text(errors="replace").splitlines()[-5:] if chief_log.exists() else []
         print(f"{tuner}: the search FAILED (ktc local exit {proc.returncode}); chief log ends:\n  "
               + "\n  ".join(tail), flush=True)

@@ -20,6 +20,7 @@ from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
+from kt_cluster.core import summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.neptune_tracking import NeptuneTracker
@@ -32,7 +33,7 @@ KEEP_AT_ZERO_SECONDS = 5.0
 
 
 def state_dir(config: SearchConfig) -> Path:
-    return Path(config.results) / config.search_id / "ktc-state"
+    return config.search_dir / summary.STATE_FOLDER
 
 
 def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
@@ -47,6 +48,9 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
                          config.early_stopping_on, events=metrics)
     if oracle.restore():
         log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
+        if oracle.done:
+            print(f"chief: search {config.search_id} was already complete ({len(oracle.trials)} trials); "
+                  f"its results are in {config.search_dir}", flush=True)
     else:
         oracle.save()
     metrics.info.info({"search_id": config.search_id, "tuner": config.tuner,
@@ -74,8 +78,9 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         _drain(oracle, drain_seconds)
         # The final Status reply, kept: a poller can miss the moments between the last trial's end
         # and the chief's exit.
-        atomic_write(Path(config.results) / "status.json", json.dumps(status_reply(oracle, search_info), indent=2))
-        write_results(tuner, config)
+        atomic_write(config.search_dir / summary.STATUS_FILE,
+                     json.dumps(status_reply(oracle, search_info), indent=2), fsync=False)
+        write_results(tuner, config, search_info)
         if tracker:
             tracker.finish(oracle)
         if oracle.failure:
@@ -101,24 +106,36 @@ def _drain(oracle, seconds: float) -> None:
         time.sleep(TICK_SECONDS)
 
 
-def write_results(tuner, config: SearchConfig) -> None:
-    results = Path(config.results)
+def write_results(tuner, config: SearchConfig, search_info: dict) -> None:
+    """Into the search's folder: the best trial's hyperparameters and model, keras-tuner's own
+    summary and ours (also printed). A re-run of a finished search keeps the model it wrote."""
+    folder, oracle = config.search_dir, tuner.oracle
+    best = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    if best:
+        _write_best(tuner, best[0], config)
+    else:
+        log.warning("no trial completed: no best model to write")
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         tuner.results_summary(num_trials=10)
-    summary = buffer.getvalue()
-    atomic_write(results / "summary.txt", summary)
-    print(summary, flush=True)
-    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
-    if not best:
-        log.warning("no trial completed: no best model to write")
-        return
-    trial = best[0]
-    atomic_write(results / "best_hyperparameters.json", json.dumps(
-        {"trial_id": trial.trial_id, "score": trial.score, "objective": config.objective,
-         "direction": config.direction, "hyperparameters": trial.hyperparameters.values}, indent=2))
+    atomic_write(folder / summary.KERAS_TUNER_SUMMARY_FILE, buffer.getvalue(), fsync=False)
+    text = summary.render(summary.load_trials(folder), config.objective, config.direction, folder,
+                          search=search_info, failure=oracle.failure, writing={summary.SUMMARY_FILE})
+    atomic_write(folder / summary.SUMMARY_FILE, text, fsync=False)
+    print(text, end="", flush=True)
+
+
+def _write_best(tuner, trial, config: SearchConfig) -> None:
+    folder = config.search_dir
+    best_file, model_file = folder / summary.BEST_HYPERPARAMETERS_FILE, folder / summary.BEST_MODEL_FILE
+    written = {"trial_id": trial.trial_id, "score": trial.score, "objective": config.objective,
+               "direction": config.direction, "hyperparameters": trial.hyperparameters.values}
+    unchanged = model_file.exists() and best_file.exists() and json.loads(best_file.read_text()) == written
+    atomic_write(best_file, json.dumps(written, indent=2), fsync=False)
+    if unchanged:
+        return  # the same best trial as when this search last ended: its model is there already
     try:
-        with atomic_output(results / "best_model.keras", fsync=True) as path:
+        with atomic_output(model_file, fsync=True) as path:
             tuner.load_model(trial).save(path)
     except Exception as exc:  # noqa: BLE001 - the hyperparameters are written; say why the model is not
         log.error("could not write the best model of trial %s: %s", trial.trial_id, exc)

@@ -1,22 +1,29 @@
-"""The search config: one YAML file, then environment, then flags -> one validated object.
+"""The search config: one YAML file, then `KTC_*` environment variables, then flags -> one
+validated object.
 
-Chief and workers read the same file, so both build the same search space. Every error names
-the field it is about (`ConfigError("max_trials: must be >= 1, got 0")`) and is raised before
-any training starts.
+Chief and workers read the same file, so both build the same search space. The pydantic models
+below are the one description of the config: their types, bounds and descriptions validate the
+file, generate the command line's search flags (`kt_cluster.cli`) and the Helm chart's `search`
+schema (`python -m tests.chart_support`). Every error is one line that names the field, the rule
+and the value (`ConfigError("max_trials: must be >= 1, got 0")`), raised before any training.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args
 
-import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      create_model, model_validator)
+from pydantic.fields import FieldInfo
 
-TUNERS = ("hyperband", "bayesian", "random", "asha")
-ACTIVATIONS = ("mish", "elu", "lrelu", "relu")
+Tuner = Literal["hyperband", "bayesian", "random", "asha"]
+Activation = Literal["mish", "elu", "lrelu", "relu"]
+TUNERS: tuple[str, ...] = get_args(Tuner)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 ENV_PREFIX = "KTC_"
 
 
@@ -24,63 +31,151 @@ class ConfigError(ValueError):
     """An invalid search config; the message starts with the offending field."""
 
 
-@dataclass
-class IntRange:
-    min: int
-    max: int
-    step: int = 1
+@dataclass(frozen=True)
+class Unit:
+    """Field metadata: the unit of a numeric field, said in its errors (`>= 8 pixels`)."""
+
+    name: str
 
 
-@dataclass
-class SpaceConfig:
+@dataclass(frozen=True)
+class Rule:
+    """Field metadata: how to say what a field's pattern or length constraint asks for."""
+
+    text: str
+
+
+class FieldRule(ValueError):
+    """A check across fields, raised by a model validator for one of the model's fields."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _number_as_text(value: Any) -> Any:
+    """Names and paths written as YAML numbers (`search_id: 2024`) are names all the same."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _unique(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not name a class twice, got {values}")
+    return values
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+
+
+class _Model(BaseModel):
+    # strict: `batch_size: true` or `max_trials: "5"` is an error, not a guess.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+
+class IntRange(_Model):
+    """An integer hyperparameter searched from `min` to `max` by `step`."""
+
+    min: int = Field(ge=1, description="Smallest value searched.")
+    max: int = Field(ge=1, description="Largest value searched (>= min).")
+    step: int = Field(1, ge=1, description="Step between searched values.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if self.max < self.min:
+            raise FieldRule("max", f"must be >= min ({self.min}), got {self.max}")
+        return self
+
+
+class DepthRange(IntRange):
+    """U-Net depths: an `IntRange` of at most 10 levels."""
+
+    max: int = Field(ge=1, le=10, description="Largest depth searched (>= min, <= 10).")
+
+
+class SpaceConfig(_Model):
     """Ranges of the default U-Net search space (the reference article's model builder)."""
 
-    start_neurons: IntRange = field(default_factory=lambda: IntRange(16, 128, 16))
-    net_depth: IntRange = field(default_factory=lambda: IntRange(2, 6, 1))
-    dropout: bool = True  # searched as a Boolean when true, fixed False otherwise
-    bn_after_act: bool = True
-    activation: list[str] = field(default_factory=lambda: ["mish", "elu", "lrelu"])
+    start_neurons: IntRange = Field(default_factory=lambda: IntRange(min=16, max=128, step=16),
+                                    description="U-Net filters of the first level: searched from min to max by step.")
+    net_depth: DepthRange = Field(default_factory=lambda: DepthRange(min=2, max=6, step=1),
+                                  description="U-Net depth (convolution cascades, the middle one included): searched "
+                                              "from min to max by step; the max is clamped to what the image size allows.")
+    dropout: bool = Field(True, description="Search dropout on and off (true) or keep it off (false).")
+    bn_after_act: bool = Field(True, description="Search batch normalisation after the activation as well as "
+                                                 "before it (true) or keep it before (false).")
+    activation: list[Activation] = Field(default_factory=lambda: ["mish", "elu", "lrelu"], min_length=1,
+                                         description="Activations searched, an unordered choice.")
 
 
-@dataclass
-class DataConfig:
-    path: str = "data"
-    image_size: int = 64
-    channels: int = 3
-    classes: list[str] = field(default_factory=lambda: ["table_number", "stamp", "signature"])
-    steps_per_epoch: int | None = None
-    validation_steps: int | None = None
-    parallel_calls: int | None = None  # None: tf.data AUTOTUNE
-    cache_mb: int = 512  # decoded val, then train examples that fit, kept in each worker's memory; 0: never
+class DataConfig(_Model):
+    """Where the dataset is and how the workers read it."""
+
+    path: Text = Field("data", description="Dataset directory (layout in docs/dataset.md).")
+    synthetic: bool = Field(False, description="`ktc local` fills a missing or empty data.path with synthetic "
+                                               "scans (to try kt-cluster without data); never done otherwise.")
+    image_size: Annotated[int, Unit("pixels")] = Field(
+        64, ge=8, description="Side of the square images the model trains on, in pixels.")
+    channels: Literal[1, 3] = Field(3, description="Image channels: 1 (grayscale) or 3 (RGB).")
+    classes: Annotated[list[str], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["table_number", "stamp", "signature"], min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Mask classes, in the order of the dataset's classes.txt.")
+    steps_per_epoch: int | None = Field(None, ge=1, description="Training batches per epoch; null: the whole "
+                                                                "training set.")
+    validation_steps: int | None = Field(None, ge=1, description="Validation batches per epoch; null: the whole "
+                                                                 "validation set.")
+    parallel_calls: int | None = Field(None, ge=1, description="tf.data parallel calls; null: AUTOTUNE.")
+    cache_mb: Annotated[int, Unit("MiB (0: never cache)")] = Field(
+        512, ge=0, description="Decoded examples (float32, after resizing) kept in each worker process's memory "
+                               "from its first pass on, in MiB: the validation split if it fits, then the train split if "
+                               "it fits too; 0 always streams from disk.")
 
 
-@dataclass
-class SearchConfig:
-    search_id: str = "ktc-search"
-    tuner: str = "hyperband"
-    objective: str = "val_f1"
-    direction: str = "max"
-    max_trials: int = 10
-    max_epochs: int = 20  # hyperband, asha: epochs of the longest trial
-    min_epochs: int = 1  # asha: epochs of the first rung (r); rungs at r * eta**k, eta = hyperband_factor
-    epochs: int = 2  # bayesian and random: epochs of every trial
-    hyperband_factor: int = 3  # also asha's reduction factor eta
-    hyperband_iterations: int = 1
-    max_retries_per_trial: int = 1
-    max_consecutive_failed_trials: int = 3
-    seed: int | None = None
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    results: str = "results"
-    hypermodel: str | None = None  # "package.module:function" taking `hp`
-    lease_seconds: float = 60.0
-    # Clients that never heartbeat (stock keras-tuner workers) keep a trial this long.
-    stock_lease_seconds: float = 6 * 3600.0
-    early_stopping: bool | None = None  # median stopping rule; None: on except under hyperband, asha
-    mixed_precision: bool = False  # keras mixed_float16 policy; GPU only (ignored with a warning on CPU)
-    jit_compile: bool | None = None  # XLA, passed to model.compile; None: Keras decides ("auto")
-    data: DataConfig = field(default_factory=DataConfig)
-    space: SpaceConfig = field(default_factory=SpaceConfig)
+class SearchConfig(_Model):
+    """One search: the tuner and its budget, training, leases, the dataset and the space."""
+
+    search_id: Annotated[Text, Rule("must be a non-empty name without '/'")] = Field(
+        "ktc-search", pattern=r"^[^/]+$",
+        description="Name of the search: its folder under `results`, its Neptune run id.")
+    tuner: Tuner = Field("hyperband", description="hyperband, bayesian (Gaussian process), random or asha "
+                                                  "(asynchronous successive halving).")
+    objective: Annotated[Text, Rule("must name a metric such as val_f1")] = Field(
+        "val_f1", min_length=1, description="Metric the search optimises (a Keras metric such as val_f1 or val_loss).")
+    direction: Literal["min", "max"] = Field("max", description="Whether the objective is minimised or maximised.")
+    max_trials: int = Field(10, ge=1, description="Trial budget (also caps Hyperband).")
+    max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
+    min_epochs: int = Field(1, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
+                                                 "hyperband_factor**k, up to max_epochs).")
+    epochs: int = Field(2, ge=1, description="Bayesian, random: epochs of every trial.")
+    hyperband_factor: int = Field(3, ge=2, description="Hyperband's reduction factor (also asha's eta).")
+    hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")
+    max_retries_per_trial: int = Field(1, ge=0, description="Re-runs of a trial that ended INVALID.")
+    max_consecutive_failed_trials: int = Field(3, ge=1, description="This many FAILED trials in a row end the "
+                                                                    "search.")
+    seed: int | None = Field(None, description="Seeds the oracle and the data shuffle; null: random.")
+    batch_size: int = Field(8, ge=1, description="Training batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate.")
+    results: Text = Field("results", description="Results directory, shared by the chief and the workers.")
+    hypermodel: Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$"), BeforeValidator(_number_as_text),
+                          Rule("must look like package.module:function")] | None = Field(
+        None, description="Model builder `package.module:function` taking `hp`; null: the built-in U-Net.")
+    lease_seconds: Annotated[float, Unit("seconds")] = Field(
+        60.0, gt=0, description="A worker silent this long loses its trial to another worker.")
+    stock_lease_seconds: Annotated[float, Unit("seconds")] = Field(
+        6 * 3600.0, gt=0, description="The same for stock keras-tuner workers, which never heartbeat.")
+    early_stopping: bool | None = Field(None, description="Median stopping rule; null: on except under "
+                                                          "hyperband and asha.")
+    mixed_precision: bool = Field(False, description="Keras mixed_float16 policy (GPU only; ignored with a "
+                                                     "warning on CPU).")
+    jit_compile: bool | None = Field(None, description="XLA, passed to model.compile; null: Keras decides.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
+    space: SpaceConfig = Field(default_factory=SpaceConfig, description="The U-Net search space.")
+
+    @model_validator(mode="after")
+    def _rungs(self) -> "SearchConfig":
+        if self.tuner == "asha" and self.min_epochs > self.max_epochs:
+            raise FieldRule("min_epochs", f"must be <= max_epochs ({self.max_epochs}), got {self.min_epochs}")
+        return self
 
     @property
     def early_stopping_on(self) -> bool:
@@ -89,18 +184,17 @@ class SearchConfig:
         return self.tuner not in ("hyperband", "asha")  # both stop bad trials themselves
 
     @property
-    def results_dir(self) -> Path:
-        return Path(self.results)
-
-    @property
     def data_dir(self) -> Path:
         return Path(self.data.path)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def search_dir(self) -> Path:
+        """`<results>/<search_id>`: the trials, the chief's state and the search's results files."""
+        return Path(self.results) / self.search_id
 
 
-# Flat names usable in the environment (KTC_<NAME>) and as flags, mapped to a dotted config path.
+# Flat names usable in the environment (KTC_<NAME>) and as flags (--name), mapped to a dotted
+# config path; each flag's type, choices and help come from its field.
 OVERRIDES: dict[str, str] = {
     "tuner": "tuner",
     "max_trials": "max_trials",
@@ -109,6 +203,7 @@ OVERRIDES: dict[str, str] = {
     "min_epochs": "min_epochs",
     "batch_size": "batch_size",
     "data": "data.path",
+    "synthetic_data": "data.synthetic",
     "results": "results",
     "hypermodel": "hypermodel",
     "image_size": "data.image_size",
@@ -121,24 +216,68 @@ OVERRIDES: dict[str, str] = {
 }
 
 
+def field_at(dotted: str) -> FieldInfo:
+    """The pydantic field at a dotted config path, such as `data.image_size`."""
+    model: type[BaseModel] = SearchConfig
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf]
+
+
+@functools.cache
+def environment_overrides() -> type:
+    """The settings model of the `KTC_<NAME>` variables of `OVERRIDES`, read as text: each is then
+    parsed as a YAML scalar (`KTC_SEED=null`, `KTC_EARLY_STOPPING=false`) and validated with the
+    file's fields. Built on first use: pydantic-settings takes a third of a second to import,
+    which `--help`, `ktc status` and `ktc results` never need."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class EnvironmentOverrides(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, env_ignore_empty=True,
+                                          extra="ignore")
+
+    return create_model("EnvironmentOverrides", __base__=EnvironmentOverrides,
+                        **{name: (str | None, None) for name in OVERRIDES})
+
+
+def read_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Flat name -> text of every `KTC_<NAME>` variable set in `env` (default: the process's)."""
+    names = {ENV_PREFIX + name.upper() for name in OVERRIDES}
+    if not any(key.upper() in names and value for key, value in (os.environ if env is None else env).items()):
+        return {}  # nothing to read: spare the import of pydantic-settings
+    from pydantic_settings import EnvSettingsSource
+
+    settings = environment_overrides()
+    source = EnvSettingsSource(settings)  # reads the process environment
+    if env is not None:
+        source.env_vars = {k.lower(): v for k, v in env.items() if v != ""}
+    return {name: value for name, value in settings.model_validate(source()).model_dump().items()
+            if value is not None}
+
+
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> SearchConfig:
     """Read YAML (optional), apply `KTC_*` environment variables, then flag overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_yaml(Path(path))
-    env = os.environ if env is None else env
-    for name, dotted in OVERRIDES.items():
-        value = env.get(ENV_PREFIX + name.upper())
-        if value not in (None, ""):
-            _set_dotted(raw, dotted, yaml.safe_load(value), source=ENV_PREFIX + name.upper())
+    import yaml  # here: `--help`, `ktc status` and `ktc results` never read a config
+
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    sources: dict[str, str] = {}
+    for name, text in read_environment(env).items():
+        variable = ENV_PREFIX + name.upper()
+        _set_dotted(raw, OVERRIDES[name], yaml.safe_load(text), source=variable)
+        sources[OVERRIDES[name]] = variable
     for name, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, OVERRIDES.get(name, name), value, source=f"--{name.replace('_', '-')}")
-    return from_dict(raw)
+            dotted = OVERRIDES.get(name, name)
+            _set_dotted(raw, dotted, value, source=f"--{name.replace('_', '-')}")
+            sources[dotted] = f"--{name.replace('_', '-')}"
+    return from_dict(raw, sources)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -146,7 +285,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"config file {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -160,102 +299,106 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> No
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{part}: must be a mapping (while applying {source})")
+            raise ConfigError(f"{part}: must be a mapping, got {child!r} (while applying {source})")
         node = child
     node[leaf] = value
 
 
-def from_dict(raw: Mapping[str, Any]) -> SearchConfig:
-    config = _build(SearchConfig, raw, prefix="")
-    validate(config)
-    return config
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def from_dict(raw: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> SearchConfig:
+    """Validate a config mapping; `sources` names where overridden fields came from (for errors)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(fields[name].type, value, f"{prefix}{name}")
-    return cls(**values)
+        raise ConfigError(f"config: must be a mapping of fields, got {raw!r}")
+    try:
+        return SearchConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc.errors(include_url=False)[0], sources or {})) from None
 
 
-def _coerce(type_name: str, value: Any, where: str) -> Any:
-    nested = {"DataConfig": DataConfig, "SpaceConfig": SpaceConfig, "IntRange": IntRange}
-    if type_name in nested:
-        return _build(nested[type_name], value, prefix=where + ".")
-    optional = type_name.endswith("| None")
-    base = type_name.replace(" | None", "")
-    if value is None:
-        if optional:
+# --- one line per validation error --------------------------------------------------------
+
+_TYPES = {"int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+          "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
+          "string_type": "a string", "list_type": "a list", "model_type": "a mapping of fields",
+          "dict_type": "a mapping of fields", "model_attributes_type": "a mapping of fields",
+          "none_required": "null"}
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+
+
+def describe(error: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """`<field path>: <rule>, got <value>[ (from <variable or flag>)]` for a pydantic error."""
+    loc = [part for part in error["loc"] if not _is_union_branch(part)]
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    item = None
+    if loc and isinstance(loc[-1], int):  # an item of a list: name the list, say which item
+        item = loc.pop()
+    if kind == "value_error" and isinstance(ctx.get("error"), FieldRule):
+        loc.append(ctx["error"].field)
+    where = ".".join(map(str, loc)) or "config"
+    meta = _field_metadata(loc)
+    unit = next((m.name for m in meta if isinstance(m, Unit)), None)
+    rule = next((m.text for m in meta if isinstance(m, Rule)), None)
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        text = f"unknown field (known: {', '.join(known)})" if known else "unknown field"
+    elif kind == "missing":
+        text = "must be set"
+    elif kind in _BOUNDS:
+        op, key = _BOUNDS[kind]
+        text = f"must be {op} {_number(ctx[key])}{' ' + unit if unit else ''}, got {value!r}"
+    elif kind == "literal_error":
+        choices = ", ".join(str(c).strip("'") for c in ctx["expected"].replace(" or ", ", ").split(", "))
+        text = f"must be one of {choices}, got {value!r}"
+    elif kind in ("string_pattern_mismatch", "string_too_short") and rule:
+        text = f"{rule}, got {value!r}"
+    elif kind == "string_pattern_mismatch":
+        text = f"must match {ctx['pattern']}, got {value!r}"
+    elif kind == "too_short":
+        text = f"must not be empty, got {value!r}" if ctx["min_length"] == 1 else \
+            f"must hold at least {ctx['min_length']} items, got {value!r}"
+    elif kind in _TYPES:
+        text = f"must be {_TYPES[kind]}, got {value!r}"
+    elif kind == "value_error":
+        text = str(ctx.get("error", error["msg"]))
+    else:
+        text = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+    if item is not None:
+        text = f"item {item} {text}"
+    dotted = ".".join(map(str, loc))
+    source = next((s for path, s in sources.items() if dotted == path or dotted.startswith(path + ".")), None)
+    return f"{where}: {text}" + (f" (from {source})" if source else "")
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _is_union_branch(part: Any) -> bool:
+    """pydantic names the branch of `int | None` that failed (`int`, `str`, ...) in the path."""
+    return isinstance(part, str) and (part in ("int", "float", "str", "bool", "none") or "[" in part)
+
+
+def _model_at(loc: list) -> type[BaseModel] | None:
+    model: Any = SearchConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return None
-        raise ConfigError(f"{where}: must be set")
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
-        return value
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be an integer, got {value!r}")
-        return value
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
-        return str(value)
-    if base == "list[str]":
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: must be a non-empty list of strings, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled config type {type_name} for {where}")
+        model = field.annotation
+    return model
 
 
-def validate(c: SearchConfig) -> None:
-    def check(ok: bool, where: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{where}: {message}")
-
-    check(c.tuner in TUNERS, "tuner", f"must be one of {', '.join(TUNERS)}, got {c.tuner!r}")
-    check(c.direction in ("min", "max"), "direction", f"must be 'min' or 'max', got {c.direction!r}")
-    check(bool(c.objective), "objective", "must name a metric such as val_f1")
-    check(bool(c.search_id) and "/" not in c.search_id, "search_id", "must be a non-empty name without '/'")
-    for name in ("max_trials", "max_epochs", "min_epochs", "epochs", "batch_size",
-                 "max_consecutive_failed_trials", "hyperband_iterations"):
-        check(getattr(c, name) >= 1, name, f"must be >= 1, got {getattr(c, name)}")
-    check(c.hyperband_factor >= 2, "hyperband_factor", f"must be >= 2, got {c.hyperband_factor}")
-    if c.tuner == "asha":
-        check(c.min_epochs <= c.max_epochs, "min_epochs", f"must be <= max_epochs ({c.max_epochs}), got {c.min_epochs}")
-    check(c.max_retries_per_trial >= 0, "max_retries_per_trial", "must be >= 0")
-    check(c.learning_rate > 0, "learning_rate", f"must be > 0, got {c.learning_rate}")
-    check(c.lease_seconds > 0, "lease_seconds", f"must be > 0, got {c.lease_seconds}")
-    check(c.stock_lease_seconds > 0, "stock_lease_seconds", f"must be > 0, got {c.stock_lease_seconds}")
-    if c.hypermodel is not None:
-        check(":" in c.hypermodel, "hypermodel", f"must look like package.module:function, got {c.hypermodel!r}")
-    d = c.data
-    check(d.image_size >= 8, "data.image_size", f"must be >= 8 pixels, got {d.image_size}")
-    check(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
-    check(len(set(d.classes)) == len(d.classes), "data.classes", "class names must be unique")
-    for name in ("steps_per_epoch", "validation_steps", "parallel_calls"):
-        value = getattr(d, name)
-        check(value is None or value >= 1, f"data.{name}", f"must be >= 1 when set, got {value}")
-    check(d.cache_mb >= 0, "data.cache_mb", f"must be >= 0 (0: never cache), got {d.cache_mb}")
-    _validate_space(c.space, check)
+def _known_fields(loc: list) -> list[str]:
+    model = _model_at(loc)
+    return sorted(model.model_fields) if model else []
 
 
-def _validate_space(s: SpaceConfig, check) -> None:
-    for name in ("start_neurons", "net_depth"):
-        r: IntRange = getattr(s, name)
-        where = f"space.{name}"
-        check(r.min >= 1, where + ".min", f"must be >= 1, got {r.min}")
-        check(r.max >= r.min, where + ".max", f"must be >= min ({r.min}), got {r.max}")
-        check(r.step >= 1, where + ".step", f"must be >= 1, got {r.step}")
-    check(s.net_depth.max <= 10, "space.net_depth.max", f"must be <= 10, got {s.net_depth.max}")
-    bad = [a for a in s.activation if a not in ACTIVATIONS]
-    check(not bad, "space.activation", f"unknown activation {bad[:1]}; choose from {', '.join(ACTIVATIONS)}")
+def _field_metadata(loc: list) -> list[Any]:
+    if not loc:
+        return []
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model else None
+    if field is None:
+        return []
+    inner = [m for arg in get_args(field.annotation) for m in getattr(arg, "__metadata__", ())]
+    return list(field.metadata) + inner

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image
 
 CLASSES_FILE = "classes.txt"
 SPLITS = ("train", "val")
@@ -191,6 +193,8 @@ def check_example(example: Example) -> str | None:
 
 def open_image(path: Path, formats: tuple[str, ...]) -> tuple[Image.Image | None, str | None]:
     """The fully decoded image, or a description of why it cannot be used."""
+    from PIL import Image  # here: listing and the command line's error paths never decode
+
     try:
         with Image.open(path) as image:
             image.load()

@@ -95,7 +95,7 @@ class NeptuneTracker:
 
         self.run["search"] = stringify_unsupported({
             "tuner": config.tuner, "objective": config.objective, "direction": config.direction,
-            "config": config.to_dict()})
+            "config": config.model_dump()})
         if oracle is not None:
             self.run["search/space"] = stringify_unsupported(
                 {hp.name: {"type": type(hp).__name__, **{k: v for k, v in hp.get_config().items() if k != "name"}}

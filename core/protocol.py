@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
+from kt_cluster.core.config import ConfigError
 
 from kt_cluster.core.config import ConfigError
 
@@ -69,9 +69,22 @@ def check_id(value: Any, field: str) -> str:
     return value
 
 
+def check_tuner_id(tuner_id: str | None) -> str:
+    """A worker's `KERASTUNER_TUNER_ID`, refused when unusable."""
+    if not tuner_id:
+        raise ConfigError("KERASTUNER_TUNER_ID: must be set to this worker's id, such as worker-0")
+    if "chief" in tuner_id:
+        # keras-tuner turns any process whose id contains "chief" into a second chief.
+        raise ConfigError(f"KERASTUNER_TUNER_ID: {tuner_id!r} contains 'chief', which keras-tuner reserves "
+                          "for the chief; use an id such as worker-0")
+    return tuner_id
+
+
 def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """One `ktc.Coordinator/Status` call, for `ktc status` and `ktc local`'s progress view."""
     metadata = [(AUTHORIZATION, f"Bearer {token}")] if token else []
+    import grpc  # here: a worker's argument errors need none of it
+
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(method_path(COORDINATOR_SERVICE, "Status"),
                                    request_serializer=encode, response_deserializer=decode)

@@ -14,10 +14,16 @@ import argparse
 import logging
 import os
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
-from kt_cluster.core.config import TUNERS, ConfigError, SearchConfig, load
+from pydantic.fields import FieldInfo
+
+from kt_cluster.core.config import ENV_PREFIX, OVERRIDES, ConfigError, SearchConfig, field_at, load
 from kt_cluster.core.dataset import DatasetError
+from kt_cluster.results import FORMATS
 
 DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
@@ -26,21 +32,29 @@ DATA_POLL_SECONDS = 5.0
 
 
 def _search_flags(parser: argparse.ArgumentParser) -> None:
+    """`--config`, then one flag per `OVERRIDES` name, typed and described by its config field."""
     g = parser.add_argument_group("search (override the config file and KTC_* variables)")
     g.add_argument("--config", help="search config YAML, the same file for chief and workers")
-    g.add_argument("--tuner", choices=TUNERS)
-    g.add_argument("--max-trials", type=int)
-    g.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
-    g.add_argument("--max-epochs", type=int, help="epochs of the longest trial (hyperband, asha)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--data", help="dataset directory")
-    g.add_argument("--results", help="results directory (shared by chief and workers)")
-    g.add_argument("--hypermodel", help="package.module:function building a model from `hp`")
-    g.add_argument("--search-id")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--lease-seconds", type=float)
-    g.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
+    for name, dotted in OVERRIDES.items():
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, **flag_options(field_at(dotted), name))
+
+
+def flag_options(field: FieldInfo, name: str) -> dict[str, Any]:
+    """argparse options for a config field: type, choices from a Literal, help from its description."""
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None`: the int
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    while typing.get_origin(kind) is typing.Annotated:
+        kind = typing.get_args(kind)[0]
+    help_text = f"{field.description.rstrip('.')} (config {OVERRIDES[name]}, env {ENV_PREFIX}{name.upper()})"
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        return {"choices": choices, "type": type(choices[0]), "help": help_text}
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_text}
+    if kind in (int, float):
+        return {"type": kind, "metavar": "N" if kind is int else "X", "help": help_text}
+    return {"metavar": name.split("_")[-1].upper(), "help": help_text}
 
 
 def _auth_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +65,7 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
-    names = ("tuner", "max_trials", "epochs", "max_epochs", "batch_size", "image_size", "data", "results",
-             "hypermodel", "search_id", "seed", "lease_seconds", "early_stopping")
-    return load(args.config, overrides={n: getattr(args, n) for n in names})
+    return load(args.config, overrides={name: getattr(args, name) for name in OVERRIDES})
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -80,7 +92,7 @@ def oracle_address(default_ip: str) -> tuple[str, int]:
 
 
 def cmd_chief(args: argparse.Namespace) -> int:
-    from kt_cluster.chief.main import run_chief
+    from kt_cluster.core.dataset import check_dataset
 
     config, token = search_config(args), read_token(args)
     ip, port = oracle_address("0.0.0.0")
@@ -91,6 +103,10 @@ def cmd_chief(args: argparse.Namespace) -> int:
             parse_target(args.scale_workers_on_exit)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    # Before TensorFlow loads: a broken dataset fails here in a second, not trial by trial.
+    print(f"chief: {check_dataset(config.data_dir, config.data.classes)}", flush=True)
+    from kt_cluster.chief.main import run_chief
+
     return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
                      scale_workers=args.scale_workers_on_exit)
 
@@ -152,9 +168,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kt_cluster.status import show_status
+    from kt_cluster.status import show_local_status, show_status
 
-    return show_status(args.chief, read_token(args), as_json=args.json)
+    if args.results:
+        if args.chief:
+            raise ConfigError("--chief: give either --chief or --results, not both")
+        return show_local_status(Path(args.results), args.search_id, args.auth_token_file, as_json=args.json)
+    return show_status(args.chief or f"localhost:{DEFAULT_ORACLE_PORT}", read_token(args), as_json=args.json)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -223,17 +243,25 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_data_check)
 
     status = sub.add_parser("status", help="progress of a running search")
-    status.add_argument("--chief", default=f"localhost:{DEFAULT_ORACLE_PORT}", help="HOST:PORT of the chief")
+    status.add_argument("--chief", help=f"HOST:PORT of the chief (default localhost:{DEFAULT_ORACLE_PORT})")
+    status.add_argument("--results", metavar="DIR",
+                        help="the results directory of a search started by `ktc local`: its chief and token "
+                             "are found there (and its final status once it is over)")
+    status.add_argument("--search-id", help="with --results: which search, when the directory holds several")
     status.add_argument("--json", action="store_true")
     _auth_flags(status)
     status.set_defaults(func=cmd_status)
 
     results = sub.add_parser("results", help="summary and export of a search's results")
-    results.add_argument("--results", required=True)
-    results.add_argument("--search-id", default=None)
-    results.add_argument("--format", choices=("summary", "csv", "json"), default="summary")
+    results.add_argument("--results", required=True, metavar="DIR",
+                         help="the results directory (or one search's folder in it)")
+    results.add_argument("--search-id", default=None, help="which search, when the directory holds several")
+    results.add_argument("--format", choices=FORMATS, default="summary",
+                         help="summary: ranked trials, lineage of promoted trials, failures and files; csv, json: "
+                              "every trial; keras-tuner: keras-tuner's own summary text")
     results.add_argument("--plot", metavar="FILE.png",
-                         help="also write a figure: objective per trial and learning curves (needs matplotlib)")
+                         help="also write a figure: objective per trial and learning curves "
+                              "(needs the plot extra: pip install 'kt-cluster[plot]')")
     results.set_defaults(func=cmd_results)
     return p
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from kt_cluster.core.config import ConfigError
+from kt_cluster.supervisor import Child, stop_all
 
 log = logging.getLogger("ktc.worker")
 SUPERVISOR_FLAGS = {"--processes", "--gpus", "--gpus-per-trial", "--metrics-port", "--threads"}
@@ -55,7 +55,7 @@ class Slot:
     tuner_id: str
     argv: list[str]
     env: dict[str, str]
-    process: subprocess.Popen | None = None
+    process: Child | None = None
     pause: float = RESTART_PAUSE[0]
     restart_at: float | None = None
     done: bool = False
@@ -121,7 +121,7 @@ def supervise(slots: list[Slot], grace_seconds: float) -> int:
 
 
 def _start(slot: Slot) -> None:
-    slot.process = subprocess.Popen(slot.argv, env=slot.env, stdin=subprocess.DEVNULL)
+    slot.process = Child.start(slot.tuner_id, slot.argv, log=None, env=slot.env)
     slot.restart_at = None
 
 
@@ -150,19 +150,9 @@ def _check(slot: Slot) -> int | None:
 def _stop(slots: list[Slot], seconds: float) -> int:
     """SIGTERM every running child, wait up to `seconds`, SIGKILL what is left; 0 when every
     child exited 0."""
-    running = [s.process for s in slots if s.process is not None and s.process.poll() is None]
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + seconds
-    code = 0
-    for process in running:
-        try:
-            code = code or process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            code = 1
-    return code
+    running = [s.process for s in slots if s.process is not None and s.process.running()]
+    stop_all(running, seconds)
+    return next((c.returncode for c in running if c.returncode != 0), 0)
 
 
 def _without_supervisor_flags(argv: list[str]) -> list[str]:

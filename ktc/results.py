@@ -1,4 +1,4 @@
-"""`ktc results`: what a search produced, read from its results directory (no chief needed)."""
+"""`ktc results`: what a search produced, read from its folder (no chief, no TensorFlow needed)."""
 
 from __future__ import annotations
 
@@ -8,51 +8,87 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kt_cluster.core import summary
+from kt_cluster.core.summary import Trial
 
-def load_trials(results: Path, search_id: str | None = None) -> list[dict[str, Any]]:
-    projects = [results / search_id] if search_id else [p.parent for p in results.glob("*/ktc-state")]
-    if not projects or not projects[0].is_dir():
+FORMATS = ("summary", "csv", "json", "keras-tuner")
+
+
+def search_dir(results: Path, search_id: str | None = None) -> Path:
+    """The folder of the search: `results/<search_id>`, the only search in `results`, or
+    `results` itself when it is a search's folder."""
+    if search_id:
+        folder = results / search_id
+        if not (folder / summary.STATE_FOLDER).is_dir():
+            raise FileNotFoundError(f"--search-id: no search {search_id!r} in {results}")
+        return folder
+    if (results / summary.STATE_FOLDER).is_dir():
+        return results
+    found = sorted(p.parent for p in results.glob(f"*/{summary.STATE_FOLDER}"))
+    if not found:
         raise FileNotFoundError(f"--results: no search found in {results}")
-    trials = [json.loads(p.read_text()) for p in projects[0].glob("trial_*/trial.json")]
-    return sorted(trials, key=lambda t: _trial_order(t["trial_id"]))
+    if len(found) > 1:
+        raise FileNotFoundError(f"--results: {results} holds several searches "
+                                f"({', '.join(p.name for p in found)}); pick one with --search-id")
+    return found[0]
 
+def rows(trials: list[Trial]) -> list[dict[str, Any]]:
+    return [{"trial_id": t["trial_id"], "status": t["status"], "score": t["score"],
+             "stopped_early": t.get("stopped_early", False), "error": summary.error_line(t),
+             "epochs": len(summary.epochs(t)), **t["hyperparameters"]["values"]} for t in trials]
 
-def _trial_order(trial_id: str) -> tuple:
-    return (0, int(trial_id), "") if str(trial_id).isdigit() else (1, 0, str(trial_id))
+def search_info(folder: Path) -> dict[str, Any]:
+    """The chief's final status (objective, direction, search id and tuner, failure), if written."""
+    try:
+        return json.loads((folder / summary.STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
-
-def rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for t in trials:
-        message = (t.get("message") or "").strip().splitlines()
-        out.append({"trial_id": t["trial_id"], "status": t["status"], "score": t["score"],
-                    "stopped_early": t.get("stopped_early", False), "error": message[0] if message else "",
-                    **t["hyperparameters"]["values"]})
-    return out
-
-
-def objective_of(results: Path, trials: list[dict[str, Any]]) -> tuple[str, str]:
-    """The objective and its direction: from best_hyperparameters.json, else guessed from the metrics."""
-    best = results / "best_hyperparameters.json"
-    if best.exists():
-        written = json.loads(best.read_text())
-        return written["objective"], written.get("direction", "max")
+def objective_of(folder: Path, trials: list[Trial]) -> tuple[str, str]:
+    """The objective and its direction: from the chief's files, else guessed from the metrics."""
+    for name in (summary.STATUS_FILE, summary.BEST_HYPERPARAMETERS_FILE):
+        try:
+            written = json.loads((folder / name).read_text())
+            return written["objective"], written.get("direction", "max")
+        except (OSError, ValueError, KeyError):
+            continue
     names = [name for t in trials for name in t.get("metrics", {}).get("metrics", {})]
     name = "val_f1" if "val_f1" in names else next((n for n in names if n.startswith("val_")), names[0] if names else "score")
     direction = next((t["metrics"]["metrics"][name].get("direction") for t in trials
                       if name in t.get("metrics", {}).get("metrics", {})), None)
     return name, direction or "max"
 
-
-def history(trial: dict[str, Any], metric: str) -> tuple[list[int], list[float]]:
+def history(trial: Trial, metric: str) -> tuple[list[int], list[float]]:
     """Steps (epochs) and values of one metric of one trial, from trial.json."""
     observations = trial.get("metrics", {}).get("metrics", {}).get(metric, {}).get("observations", [])
     points = sorted((o["step"], o["value"][0]) for o in observations if o.get("value"))
     return [s for s, _ in points], [v for _, v in points]
 
+def lineage_history(chain: list[Trial], metric: str) -> tuple[list[int], list[float]]:
+    """One curve for a configuration trained in stages: each stage's epochs after the last one
+    of the stage before (a continuation re-reports no epoch of its parent, but a resumed one might)."""
+    steps: list[int] = []
+    values: list[float] = []
+    for trial in chain:
+        for step, value in zip(*history(trial, metric)):
+            if not steps or step > steps[-1]:
+                steps.append(step)
+                values.append(value)
+    return steps, values
 
-def plot(trials: list[dict[str, Any]], objective: str, direction: str, out: Path) -> None:
-    """(a) the objective of every trial, failed trials marked; (b) its learning curve per trial."""
+def plot(trials: list[Trial], objective: str, direction: str, out: Path) -> None:
+    """Write `figure(...)` to `out` (a PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(trials, objective, direction)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def figure(trials: list[Trial], objective: str, direction: str):
+    """(a) the objective of every trial, failed trials marked; (b) its learning curve per
+    configuration: a promoted trial's curve continues its parent's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,55 +115,69 @@ def plot(trials: list[dict[str, Any]], objective: str, direction: str, out: Path
     per_trial.legend(handles, ["completed", "stopped early", "best", "failed / invalid"], fontsize=8)
     per_trial.set(title=f"{objective} per trial ({direction}){' - best: trial ' + str(best['trial_id']) if best else ''}",
                   xlabel="trial", ylabel=objective)
-    # Curves: the best in green, failed ones red and dashed, others from a palette without either.
+    # Curves, one per configuration (the last trial of each lineage): the best in green, failed
+    # ones red and dashed, others from a palette without either.
     palette = [c for c in map(matplotlib.colors.to_hex, plt.rcParams["axes.prop_cycle"].by_key()["color"])
                if c not in ("#2ca02c", "#d62728")]
-    for i, t in enumerate(trials):
-        steps, values = history(t, objective)
+    continued = {str(t["trial_id"]) for chain in summary.lineages(trials) for t in chain[:-1]}
+    chains = summary.lineage_of(trials)
+    for i, t in enumerate(t for t in trials if str(t["trial_id"]) not in continued):
+        chain = chains[str(t["trial_id"])]
+        steps, values = lineage_history(chain, objective)
         if not steps:
             continue
         state = "stopped early" if t.get("stopped_early") else t["status"].lower()
         colour = "tab:green" if t is best else "tab:red" if t in failed else palette[i % len(palette)]
+        name = " > ".join(str(c["trial_id"]) for c in chain)
         curves.plot(steps, values, marker="x" if t in failed else "o", markersize=7 if t in failed else 3,
                     color=colour, zorder=3 if t in failed else 2,
                     linestyle="-" if state == "completed" else "--", linewidth=2.5 if t is best else 1.2,
-                    label=f"trial {t['trial_id']} ({state}{', best' if t is best else ''})")
-    curves.set(title=f"{objective} by epoch", xlabel="epoch", ylabel=objective)
+                    label=f"trial{'s' if len(chain) > 1 else ''} {name} ({state}{', best' if t is best else ''})")
+        for stage in chain[1:]:  # where a promoted stage starts
+            stage_steps, stage_values = history(stage, objective)
+            if stage_steps:
+                curves.scatter(stage_steps[0], stage_values[0], marker="|", s=120, color=colour, zorder=4)
+    curves.set(title=f"{objective} by epoch (promoted trials continue their parent's curve, | marks a promotion)",
+               xlabel="epoch", ylabel=objective)
     curves.xaxis.get_major_locator().set_params(integer=True)
     if curves.lines and len(curves.lines) <= 20:
         curves.legend(fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
+    return fig
 
 def show_results(results: Path, fmt: str = "summary", search_id: str | None = None,
                  plot_file: Path | None = None) -> int:
     try:
-        trials = load_trials(results, search_id)
+        folder = search_dir(results, search_id)
     except FileNotFoundError as exc:
         print(f"ktc results: {exc}", file=sys.stderr)
         return 1
-    table = rows(trials)
+    trials = summary.load_trials(folder)
+    objective, direction = objective_of(folder, trials)
     if plot_file is not None:
         try:
-            plot(trials, *objective_of(results, trials), plot_file)
+            plot(trials, objective, direction, plot_file)
         except ImportError:
             print("ktc results: --plot needs matplotlib: pip install 'kt-cluster[plot]'", file=sys.stderr)
             return 1
         print(f"ktc results: wrote {plot_file}", file=sys.stderr)
     if fmt == "json":
-        print(json.dumps(table, indent=2))
+        print(json.dumps(rows(trials), indent=2))
     elif fmt == "csv":
+        table = rows(trials)
         fields = list(dict.fromkeys(k for row in table for k in row))
         writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
+    elif fmt == "keras-tuner":
+        text = folder / summary.KERAS_TUNER_SUMMARY_FILE
+        if not text.exists():
+            print(f"ktc results: no {text} yet: the chief writes it when the search ends", file=sys.stderr)
+            return 1
+        print(text.read_text(), end="")
     else:
-        summary = results / "summary.txt"
-        print(summary.read_text() if summary.exists() else "(search not finished: no summary.txt yet)")
-        for row in table:
-            if row["status"] != "COMPLETED" or row["stopped_early"]:
-                reason = "stopped early" if row["stopped_early"] else row["error"]
-                print(f"trial {row['trial_id']}: {row['status']} {reason}")
+        info = search_info(folder)
+        print(summary.render(trials, objective, direction, folder, search=info.get("search"),
+                             failure=info.get("failure")), end="")
+        if not info.get("done"):
+            print("(the search is not over: this is how it stands now)")
     return 0

@@ -2,15 +2,13 @@
 
 `Cluster` starts `python -m kt_cluster chief` and `python -m kt_cluster worker` exactly as `ktc local` and the
 Kubernetes pods do (same flags and environment), on free loopback ports, and lets a test kill,
-restart and watch them. Every process runs in its own session so a kill reaches its children.
+restart and watch them, through the same supervisor as `ktc local` (`kt_cluster.supervisor`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,8 +16,9 @@ from typing import Any, Callable
 
 import yaml
 
-from kt_cluster.local import free_ports
 from kt_cluster.core.protocol import status as chief_status
+from kt_cluster.local import free_ports
+from kt_cluster.supervisor import Child, python_module
 from kt_cluster.worker.data import synth
 
 TOKEN = "test-token-0123456789abcdef"
@@ -63,29 +62,26 @@ class Cluster:
         self.auth = auth
         self.port, self.chief_metrics_port, *self.worker_ports = free_ports(10)
         self.address = f"127.0.0.1:{self.port}"
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, Child] = {}
         self.logs = tmp / "logs"
-        self.logs.mkdir(exist_ok=True)
 
     def _auth_args(self) -> list[str]:
         return ["--auth-token-file", str(self.token_path)] if self.auth else ["--insecure"]
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-                                         KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(self.port), **env),
-                                start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", KERASTUNER_ORACLE_IP="127.0.0.1",
+                   KERASTUNER_ORACLE_PORT=str(self.port), **env)
+        # Appended to: a restarted process keeps the log of its predecessor.
+        self.procs[name] = Child.start(name, python_module("kt_cluster", *args), self.logs / f"{name}.log", env,
+                                       append=True)
+        return self.procs[name]
 
-    def start_chief(self, *extra: str) -> subprocess.Popen:
+    def start_chief(self, *extra: str) -> Child:
         return self._spawn("chief", ["chief", "--config", str(self.config_path), *self._auth_args(),
                                      "--metrics-port", str(self.chief_metrics_port), *extra],
                            {"KERASTUNER_TUNER_ID": "chief"})
 
-    def start_worker(self, index: int, *extra: str, tuner_id: str | None = None) -> subprocess.Popen:
+    def start_worker(self, index: int, *extra: str, tuner_id: str | None = None) -> Child:
         return self._spawn(f"worker-{index}", ["worker", "--config", str(self.config_path), *self._auth_args(),
                                                "--metrics-port", str(self.worker_ports[index]), "--threads", "1", *extra],
                            {"KERASTUNER_TUNER_ID": tuner_id or f"worker-{index}"})
@@ -114,28 +110,25 @@ class Cluster:
             raise AssertionError(f"chief exited with {chief.returncode}\n{self.tail('chief')}")
 
     def wait_exit(self, name: str, timeout: float = 180.0) -> int:
-        try:
-            return self.procs[name].wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{name} still running after {timeout}s\n{self.tail(name)}") from None
+        code = self.procs[name].wait(timeout)
+        if code is None:
+            raise AssertionError(f"{name} still running after {timeout}s\n{self.tail(name)}")
+        return code
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-            if sig == signal.SIGKILL:
-                proc.wait()
+        """Send `sig` (SIGKILL: and reap it)."""
+        if sig == signal.SIGKILL:
+            self.procs[name].kill()
+        else:
+            self.procs[name].signal(sig)
 
     def scrape(self, port: int) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             return response.read().decode()
 
     def tail(self, name: str, lines: int = 40) -> str:
-        path = self.logs / f"{name}.log"
-        if not path.exists():
-            return ""
-        text = [line for line in path.read_text(errors="replace").splitlines() if not line.startswith("I0000")]
-        return f"--- {name} log ---\n" + "\n".join(text[-lines:])
+        child = self.procs.get(name)
+        return f"--- {name} log ---\n{child.tail(lines)}" if child else ""
 
     def trial_files(self) -> list[dict[str, Any]]:
         import json
@@ -143,13 +136,8 @@ class Cluster:
         return [json.loads(p.read_text()) for p in sorted(project.glob("trial_*/trial.json"))]
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
+        for child in self.procs.values():
+            child.kill()
 
     def __enter__(self) -> "Cluster":
         return self

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from kt_cluster.supervisor import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "helm" / "kt-cluster" / "dashboards"
@@ -161,25 +162,23 @@ def running_prometheus(targets: Targets, rule_files: list[Path] = (),
         write_config(config, targets, list(rule_files), scrape_interval)
         port = free_port()
         log = workdir / "prometheus.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [exe, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-                 # Debian's defaults point at /etc and /usr/share; none of it is needed here.
-                 f"--web.console.templates={workdir}", f"--web.console.libraries={workdir}"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = Child.start("prometheus", [
+            exe, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+            # Debian's defaults point at /etc and /usr/share; none of it is needed here.
+            f"--web.console.templates={workdir}", f"--web.console.libraries={workdir}"], log)
         server = Prometheus(f"http://127.0.0.1:{port}", log)
         try:
             _wait_ready(server, process, ready_timeout)
             yield server
         finally:
-            _stop(process)
+            process.stop(grace=10.0)
 
 
-def _wait_ready(server: Prometheus, process: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(server: Prometheus, process: Child, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if not process.running():
             raise PrometheusError(f"prometheus exited with {process.returncode}\n{server.tail()}")
         try:
             with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
@@ -189,17 +188,6 @@ def _wait_ready(server: Prometheus, process: subprocess.Popen, timeout: float) -
             pass
         time.sleep(0.2)
     raise PrometheusError(f"prometheus not ready after {timeout}s\n{server.tail()}")
-
-
-def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @contextlib.contextmanager

@@ -41,8 +41,9 @@ import yaml
 from chart_support import container, find, pod_spec, render
 from harness import make_dataset, merge
 from kube_api import KubeApi
-from kt_cluster.local import free_ports
 from kt_cluster.core.protocol import status as chief_status
+from kt_cluster.local import free_ports
+from kt_cluster.supervisor import Child
 
 # Named "chief" on purpose: every worker pod name contains "chief", yet no tuner id may.
 RELEASE = "chief"
@@ -202,7 +203,7 @@ class Process:
         assert c.get("command"), f"{c['name']}: no command (the image's entrypoint cannot be emulated)"
         self.argv = [expand(a, self.env) for a in c["command"] + c.get("args", [])]
         self.name = f"{pod.name}.{c['name']}"
-        self.proc: subprocess.Popen | None = None
+        self.child: Child | None = None
         self.bin_dir = bin_dir
 
     def referenced_paths(self) -> list[str]:
@@ -229,27 +230,22 @@ class Process:
         base["PATH"] = f"{self.bin_dir}:{base.get('PATH', '')}"
         return {**base, **self.env}
 
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.child.process
+
     def start(self) -> "Process":
         env = self.process_env()
         assert self.argv[0] != "ktc" or shutil.which("ktc", path=env["PATH"]) == str(self.bin_dir / "ktc")
-        with open(self.logs / f"{self.name}.log", "wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self.child = Child.start(self.name, self.argv, self.logs / f"{self.name}.log", env, cwd=self.cwd)
         return self
 
     def tail(self, lines: int = 40) -> str:
-        path = self.logs / f"{self.name}.log"
-        text = path.read_text(errors="replace").splitlines() if path.exists() else []
-        return f"--- {self.name} ---\n" + "\n".join(line for line in text[-lines:] if not line.startswith("I0000"))
+        return f"--- {self.name} ---\n{self.child.tail(lines) if self.child else ''}"
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            self.proc.wait()
+        if self.child is not None:
+            self.child.kill()
 
 
 def ktc_shim(bin_dir: Path) -> Path:
@@ -458,7 +454,7 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
                     assert w.proc.wait(timeout=60) == 0, w.tail()
                 except subprocess.TimeoutExpired:
                     raise AssertionError(f"{w.name} still running after the search\n{w.tail()}") from None
-            best = results_dir / "best_hyperparameters.json"
+            best = results_dir / config["search_id"] / "best_hyperparameters.json"
             wait_until(best.exists, 60, "best_hyperparameters.json", [chief])
             # The chief scales its workers to zero, and puts them back to zero when an upgrade
             # raises them while the search is over.

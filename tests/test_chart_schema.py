@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import yaml
 
-from chart_support import CHART, MATRIX, render, undocumented_values, values_docs
-from kt_cluster.core.config import DataConfig, IntRange, SearchConfig, SpaceConfig
+from chart_support import CHART, MATRIX, SCHEMA_FILE, render, schema_with_search_block, undocumented_values, values_docs
+from kt_cluster.core.config import DataConfig, SearchConfig, SpaceConfig
 
 helm = pytest.importorskip("helm_python")
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -176,18 +175,19 @@ def test_schema_closes_every_chart_defined_object():
         assert node.get("additionalProperties") is False or where.endswith(("net_depth", "extraEnv")), where
 
 
-def test_search_block_has_the_config_file_fields():
-    """The chart's `search:` values are worker/config.py's YAML fields, minus the fixed paths."""
-    def fields(cls):
-        return {f.name for f in dataclasses.fields(cls)}
+def test_search_block_is_generated_from_the_config_model():
+    assert SCHEMA_FILE.read_text() == schema_with_search_block(SCHEMA_FILE.read_text()), (
+        "values.schema.json's search block differs from core/config.py's model: run `python -m tests.chart_support`")
 
+
+def test_search_block_has_the_config_file_fields_and_defaults():
+    """The chart's `search:` values are the config file's fields, minus those the chart fixes,
+    and the chart's defaults are the config's defaults."""
     search = SCHEMA["properties"]["search"]["properties"]
-    assert set(search) == fields(SearchConfig) - {"results"}
-    assert set(search["data"]["properties"]) == fields(DataConfig) - {"path"}
-    assert set(search["space"]["properties"]) == fields(SpaceConfig)
-    assert set(SCHEMA["definitions"]["intRange"]["properties"]) == fields(IntRange)
-    # And the chart's defaults are the config file's defaults.
-    defaults = dataclasses.asdict(SearchConfig())
+    assert set(search) == set(SearchConfig.model_fields) - {"results"}
+    assert set(search["data"]["properties"]) == set(DataConfig.model_fields) - {"path", "synthetic"}
+    assert set(search["space"]["properties"]) == set(SpaceConfig.model_fields)
+    defaults = SearchConfig().model_dump()
     for key, value in VALUES["search"].items():
         if key == "search_id":
             continue  # the chart defaults to the release name
@@ -196,3 +196,10 @@ def test_search_block_has_the_config_file_fields():
                 assert defaults[key][sub] == subvalue, f"search.{key}.{sub}"
         else:
             assert defaults[key] == value, f"search.{key}"
+
+
+@pytest.mark.parametrize("search", [{"search_id": ""}, {"hypermodel": "models.unet:build", "seed": 3},
+                                    {"space": {"net_depth": {"min": 2, "max": 10}}}])
+def test_search_values_the_config_accepts_are_accepted(search):
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema({"search": search})

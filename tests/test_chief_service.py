@@ -218,6 +218,9 @@ def test_missing_token_file_names_the_file(tmp_path):
 
 
 def test_chief_with_a_bad_hypermodel_fails_before_serving_naming_it(tmp_path):
+    from harness import make_dataset
+
     out = subprocess.run([sys.executable, "-m", "kt_cluster", "chief", "--insecure", "--hypermodel", "nope.mod:build",
+                          "--data", str(make_dataset(tmp_path / "data")), "--image-size", "32",
                           "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nope.mod:build" in out.stderr

@@ -17,6 +17,8 @@ import pytest
 
 from kt_cluster.core import compat
 
+from harness import make_dataset
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPAT = ROOT / "core" / "compat.py"
 PRODUCTION = sorted(path for part in ("core", "chief", "worker", "ktc") for path in (ROOT / part).rglob("*.py")
@@ -175,12 +177,15 @@ def _ktc_with_keras_tuner_1_4_7(*args: str, env: dict[str, str] | None = None) -
 @pytest.mark.parametrize("role", ["chief", "worker"])
 def test_chief_and_worker_refuse_an_untested_keras_tuner_in_one_line(role, tmp_path):
     env = {"KERASTUNER_TUNER_ID": "worker-0", "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "1"}
-    result = _ktc_with_keras_tuner_1_4_7(role, "--insecure", "--results", str(tmp_path), env=env)
+    data = make_dataset(tmp_path / "data")  # a good dataset: the chief checks it before keras-tuner
+    results = tmp_path / "results"
+    result = _ktc_with_keras_tuner_1_4_7(role, "--insecure", "--data", str(data), "--results", str(results),
+                                         "--image-size", "32", env=env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"ktc {role}: keras-tuner 1.4.7 is installed; kt-cluster supports keras-tuner>=1.4.8,<1.4.9 "
         "(pip install 'keras-tuner>=1.4.8,<1.4.9')"]
-    assert not list(tmp_path.iterdir())  # refused before anything was written
+    assert not results.exists()  # refused before anything was written
 
 
 def test_light_commands_neither_import_nor_check_keras_tuner():

@@ -180,3 +180,22 @@ def test_ktc_data_check_waits_for_a_dataset_that_arrives(tmp_path):
             proc.wait()
     assert proc.returncode == 0, err
     assert out.startswith(f"dataset {root}: 2 train and 3 val pages")
+
+
+def test_the_chief_checks_the_dataset_at_start_and_stops_in_seconds_naming_the_culprit(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    root = _both_splits(tmp_path / "data")
+    (root / "train" / "masks" / "signature" / "b.png").unlink()
+    config = tmp_path / "search.yaml"
+    config.write_text(f"data: {{path: {root}, classes: [stamp, signature]}}\nresults: {tmp_path / 'results'}\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "chief", "--insecure", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"ktc chief: {root / 'train/masks/signature/b.png'}: mask for image {root / 'train/images/b.jpg'} is missing"]
+    assert time.monotonic() - started < 15  # in seconds: before TensorFlow loads, long before a trial
+    assert not (tmp_path / "results").exists()

@@ -9,51 +9,39 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import TINY, merge
-
-LINE = re.compile(r"chief on 127\.0\.0\.1:(\d+) \(metrics :(\d+)\), \d+ workers \(metrics :([\d,]+)\)")
+from harness import TINY, make_dataset, merge
+from local_support import local_run, processes_mentioning
 
 
 @pytest.fixture(scope="module")
 def local_search(tmp_path_factory):
-    """Run one search; scrape chief and worker /metrics while it runs."""
+    """Run one search; scrape chief and worker /metrics and ask `ktc status --results` while it runs."""
     tmp = tmp_path_factory.mktemp("local")
-    config = merge(TINY, {"max_trials": 4, "epochs": 2})
+    config = merge(TINY, {"max_trials": 4, "epochs": 2, "data": {"synthetic": True}})
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--config", str(tmp / "search.yaml"),
-                             "--data", str(tmp / "data"), "--results", str(tmp / "results")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = ["--workers", "2", "--config", str(tmp / "search.yaml"), "--data", str(tmp / "data"),
+            "--results", str(tmp / "results")]
     scrapes = {"chief": [], "worker": []}
-    lines = []
-    try:
-        ports = None
-        for line in proc.stdout:
-            lines.append(line)
-            match = LINE.search(line)
-            if match:
-                ports = match.groups()
-                break
-        assert ports, "".join(lines)
-        threading.Thread(target=_scrape_loop, args=(ports, scrapes, proc), daemon=True).start()
-        out, _ = proc.communicate(timeout=600)
-        lines.append(out)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return {"code": proc.returncode, "output": "".join(lines), "results": tmp / "results", "scrapes": scrapes}
+    with local_run(args, tmp / "results" / "ktc-search") as run:
+        where = run.endpoints()
+        threading.Thread(target=_scrape_loop, args=(where, scrapes, run.proc), daemon=True).start()
+        run.wait_for(lambda s: True, what="the chief answering")
+        live = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--results", str(tmp / "results"), "--json"],
+                              capture_output=True, text=True, timeout=60)
+        code = run.finish(timeout=600)
+    return {"code": code, "output": run.output, "results": tmp / "results", "search": tmp / "results" / "ktc-search",
+            "scrapes": scrapes, "endpoints": where, "live_status": live, "args": args}
 
 
-def _scrape_loop(ports, scrapes, proc):
-    _, chief_port, worker_ports = ports
+def _scrape_loop(where, scrapes, proc):
+    ports = [(name.split("-")[0], p["metrics_port"]) for name, p in where["processes"].items()]
     while proc.poll() is None:
-        for role, port in [("chief", chief_port)] + [("worker", p) for p in worker_ports.split(",")]:
+        for role, port in ports:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                     scrapes[role].append(r.read().decode())
@@ -68,24 +56,53 @@ def samples(text):
 
 def test_search_completes_every_trial_and_writes_best_results(local_search):
     assert local_search["code"] == 0, local_search["output"][-3000:]
-    project = local_search["results"] / "ktc-search"
-    trials = [json.loads(p.read_text()) for p in project.glob("trial_*/trial.json")]
+    search = local_search["search"]
+    trials = [json.loads(p.read_text()) for p in search.glob("trial_*/trial.json")]
     assert len(trials) == 4
     assert {t["status"] for t in trials} == {"COMPLETED"}
-    best = json.loads((local_search["results"] / "best_hyperparameters.json").read_text())
+    best = json.loads((search / "best_hyperparameters.json").read_text())
     assert best["trial_id"] == max(trials, key=lambda t: t["score"])["trial_id"]
     assert set(best["hyperparameters"]) >= {"start_neurons", "net_depth", "activation"}
-    assert (local_search["results"] / "best_model.keras").stat().st_size > 0
+    assert (search / "best_model.keras").stat().st_size > 0
+    # Everything in the search's own folder: another search on the same volume overwrites nothing.
+    assert sorted(p.name for p in local_search["results"].iterdir()) == ["ktc-search"]
 
 
-def test_search_prints_progress_and_the_results_summary(local_search):
+def test_search_prints_progress_and_its_own_summary(local_search):
     out = local_search["output"]
-    assert "Results summary" in out and "Showing 10 best trials" in out
     assert re.search(r"\] 4/4 trials +completed 4", out)  # however soon the chief exits after the last trial
+    assert "Search ktc-search (random): 4 trials, 4 completed; best val_f1" in out
+    assert re.search(r"rank +trial +val_f1 \(max\) +start_neurons +net_depth +activation +epochs +status", out)
+    assert len(re.findall(r"^ +[1-4] +\d+ +\d\.\d{4} .* 1-2 +completed$", out, flags=re.M)) == 4
+    assert re.search(rf"^  best model +{re.escape(str(local_search['search'] / 'best_model.keras'))}$", out, flags=re.M)
+    assert "tuner/" not in out and "Showing 10 best trials" not in out  # keras-tuner's text stays in its file
+    assert "Showing 10 best trials" in (local_search["search"] / "summary-keras-tuner.txt").read_text()
+
+
+def test_no_tensorflow_start_up_line_reaches_the_terminal(local_search):
+    out = local_search["output"]
+    for noise in ("I0000", "absl::InitializeLog", "cuda", "oneDNN", "TensorFlow binary"):
+        assert noise not in out, noise
+    chief_log = (local_search["search"] / "local" / "chief.log").read_text()
+    assert "chief: serving the oracle" in chief_log  # the processes' own lines stay in their logs
+
+
+def test_it_says_how_to_watch_the_search_and_status_finds_it_from_the_results_dir(local_search):
+    where = local_search["endpoints"]
+    token_file = local_search["search"] / "local" / "token"
+    assert where["token_file"] == str(token_file)
+    assert f"ktc status --chief {where['chief']} --auth-token-file {token_file}" in local_search["output"]
+    live = local_search["live_status"]
+    assert live.returncode == 0, live.stderr
+    assert json.loads(live.stdout)["max_trials"] == 4
+    after = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--results", str(local_search["results"])],
+                           capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0, after.stderr
+    assert "final status" in after.stdout and "4/4 trials" in after.stdout and "search complete" in after.stdout
 
 
 def test_the_chief_keeps_its_final_status_with_the_results(local_search):
-    status = json.loads((local_search["results"] / "status.json").read_text())
+    status = json.loads((local_search["search"] / "status.json").read_text())
     assert status["done"] and status["failure"] is None
     assert status["completed"] == 4 and status["running"] == [] and status["best"]["score"] is not None
 
@@ -94,6 +111,18 @@ def test_synthetic_dataset_is_generated_into_an_empty_data_dir(local_search):
     data = local_search["results"].parent / "data"
     assert (data / "classes.txt").read_text().split() == TINY["data"]["classes"]
     assert len(list((data / "train" / "images").iterdir())) > 0
+
+
+def test_a_rerun_of_the_finished_search_says_it_is_complete_and_starts_nothing(local_search):
+    summary = (local_search["search"] / "summary.txt").read_text()
+    started = time.monotonic()
+    again = subprocess.run([sys.executable, "-m", "kt_cluster", "local", *local_search["args"]],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0] == (f"ktc local: search 'ktc-search' is already complete; its results "
+                                            f"are in {local_search['search']}")
+    assert summary in again.stdout
+    assert time.monotonic() - started < 20  # no TensorFlow process was started
 
 
 def test_chief_metrics_are_scraped_during_the_search(local_search):
@@ -131,39 +160,66 @@ def test_results_command_exports_every_trial(local_search):
     assert len(rows) == 4 and all(r["status"] == "COMPLETED" and "start_neurons" in r for r in rows)
 
 
-def processes_mentioning(text):
-    """Pids of live processes whose command line contains `text`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(proc.name))
-        except OSError:
-            pass
-    return found
-
-
 def test_ctrl_c_stops_the_search_and_leaves_no_process_behind(tmp_path):
-    config = merge(TINY, {"max_trials": 6, "epochs": 30})
+    config = merge(TINY, {"max_trials": 6, "epochs": 30, "data": {"synthetic": True}})
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
     results = tmp_path / "results-ctrl-c"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--config",
-                             str(tmp_path / "search.yaml"), "--data", str(tmp_path / "data"),
-                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        for line in proc.stdout:
-            if "running 2" in line:  # both workers are training
-                break
-        children = [pid for pid in processes_mentioning(str(results)) if pid != proc.pid]
-        assert len(children) == 3  # chief and two workers
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 130, out
-        assert "interrupted" in out
+    args = ["--workers", "2", "--config", str(tmp_path / "search.yaml"), "--data", str(tmp_path / "data"),
+            "--results", str(results)]
+    with local_run(args, results / "ktc-search") as run:
+        pids = [p["pid"] for p in run.endpoints()["processes"].values()]
+        run.wait_for(lambda s: len(s["running"]) == 2, what="both workers training")
+        children = [pid for pid in processes_mentioning(str(results)) if pid != run.proc.pid]
+        assert sorted(children) == sorted(pids)  # chief and two workers
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish(timeout=120) == 130, run.output
+        assert "interrupted" in run.output
         assert processes_mentioning(str(results)) == []
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in processes_mentioning(str(results)):
-            os.kill(pid, signal.SIGKILL)
+
+
+def test_every_worker_gone_with_trials_left_ends_ktc_local_with_a_message(tmp_path):
+    """Both workers hand their trials back (SIGTERM) and exit 0: nothing is left to run them."""
+    config = merge(TINY, {"max_trials": 4, "epochs": 30, "data": {"synthetic": True}})
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
+    results = tmp_path / "results"
+    args = ["--workers", "2", "--config", str(tmp_path / "search.yaml"), "--data", str(tmp_path / "data"),
+            "--results", str(results)]
+    with local_run(args, results / "ktc-search") as run:
+        workers = {name: p["pid"] for name, p in run.endpoints()["processes"].items() if name != "chief"}
+        run.wait_for(lambda s: len(s["running"]) == 2, what="both workers training")
+        for pid in workers.values():
+            os.kill(pid, signal.SIGTERM)
+        gone = time.monotonic()
+        code = run.finish(timeout=120)
+        assert code != 0, run.output
+        assert time.monotonic() - gone < 60
+        assert ("ktc local: every worker has exited (worker-0 exit 0, worker-1 exit 0) but the search is not "
+                "over: 0 of 4 trials completed") in run.output, run.output[-3000:]
+        assert processes_mentioning(str(results)) == []
+
+
+def test_a_missing_data_folder_is_an_error_naming_it(tmp_path):
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(TINY))
+    missing = tmp_path / "does-not-exist"
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "local", "--config", str(tmp_path / "search.yaml"),
+                          "--data", str(missing), "--results", str(tmp_path / "results")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"ktc local: {missing}: dataset directory does not exist (data.path, --data); for "
+                                  "synthetic scans set data.synthetic: true or pass --synthetic-data")
+    assert not missing.exists() and not (tmp_path / "results").exists()
+
+
+def test_a_broken_dataset_stops_ktc_local_before_any_process_starts(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    (data / "classes.txt").write_text("stamp\ntable_number\nsignature\n")  # another order than the config's
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(TINY))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "kt_cluster", "local", "--config", str(tmp_path / "search.yaml"),
+                          "--data", str(data), "--results", str(tmp_path / "results")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and time.monotonic() - started < 10
+    assert out.stderr.splitlines() == [
+        f"ktc local: {data / 'classes.txt'} lists classes ['stamp', 'table_number', 'signature'] but the config's "
+        "data.classes is ['table_number', 'stamp', 'signature']; make them equal (same names, same order)"]
+    assert not (tmp_path / "results").exists()

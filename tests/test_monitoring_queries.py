@@ -32,7 +32,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +42,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prometheus_support as ps  # noqa: E402
+from kt_cluster import endpoints  # noqa: E402
+from kt_cluster.supervisor import is_noise  # noqa: E402
+from local_support import local_run  # noqa: E402
 
 pytestmark = pytest.mark.timeout(420)
 
-LINE = re.compile(r"ktc local: chief on 127\.0\.0\.1:(\d+) \(metrics :(\d+)\), (\d+) workers "
-                  r"\(metrics :([\d,]+)\); logs in (.+)$")
-# TensorFlow's start-up chatter, left out of the logs shown on failure.
-NOISE = re.compile(r"^[IW]0000 |cuInit|cuda_|oneDNN|AVX|WARNING: All log messages|UserWarning|data_adapter")
+# Warnings of every epoch, left out of the logs shown on failure (with TensorFlow's start-up lines).
+NOISE = re.compile(r"UserWarning|data_adapter")
 LEASE_SECONDS = 5.0
 RATE_INTERVAL = "15s"
 # The namespace and pod names the search's targets get, as the chart's pods would.
@@ -62,7 +62,7 @@ CHIEF_POD = f"{SEARCH}-chief-0"
 CONFIG = {
     "tuner": "random", "max_trials": 3, "epochs": 4, "batch_size": 4, "early_stopping": False,
     "lease_seconds": LEASE_SECONDS,
-    "data": {"image_size": 32},
+    "data": {"image_size": 32, "synthetic": True},
     "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
               "activation": ["relu", "elu", "lrelu"], "dropout": False, "bn_after_act": False},
 }
@@ -74,7 +74,7 @@ class Live:
     start: float
     end: float
     scrapes: dict[str, str]
-    output: list[str]
+    output: str
     run_dir: Path
     requeued: bool
 
@@ -82,31 +82,12 @@ class Live:
         return self.prometheus.query_range(expr, self.start, self.end, step=1.0)
 
     def logs(self) -> str:
-        parts = ["".join(self.output[-40:])]
+        parts = ["\n".join(self.output.splitlines()[-40:])]
         for log in sorted(self.run_dir.glob("*.log")):
-            lines = [line for line in log.read_text(errors="replace").splitlines() if not NOISE.search(line)]
+            lines = [line for line in log.read_text(errors="replace").splitlines()
+                     if not NOISE.search(line) and not is_noise(line)]
             parts.append(f"--- {log.name} ---\n" + "\n".join(lines[-25:]))
         return "\n".join(parts) + "\n" + self.prometheus.tail()
-
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (the chief and workers `ktc local` started)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -136,7 +117,7 @@ def _freeze_until_lease_expires(worker_pid: int, chief_port: int) -> bool:
         os.kill(worker_pid, signal.SIGCONT)
 
 
-def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, worker_ports: list[int],
+def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: dict[int, int],
            scrapes: dict[str, str]) -> bool:
     """While the search runs: keep scrapes for promtool, then freeze a training worker once.
 
@@ -144,13 +125,8 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, worker_
     cannot be scraped, and a trial that loses its lease drops them), and only while it still
     trains (its /metrics still shows them just before SIGSTOP).
     """
-    pids = {}
-    for child in _children(proc.pid):
-        args = _cmdline(child)
-        if "worker" in args and "--metrics-port" in args:
-            pids[int(args[args.index("--metrics-port") + 1])] = child
     while proc.poll() is None:
-        for port in worker_ports:
+        for port in pids:
             text = _try_scrape(port)
             # Epoch metrics are there from the end of a trial's first epoch to the end of the trial.
             if text is None or "ktc_worker_epoch_metric{" not in text:
@@ -161,7 +137,7 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, worker_
             scrapes.setdefault("worker", text)
             scrapes.setdefault("chief", chief)
             stored = prom.query(f'ktc_worker_epoch_metric{{instance="127.0.0.1:{port}"}}')
-            if port not in pids or not stored.get("data", {}).get("result"):
+            if not stored.get("data", {}).get("result"):
                 continue
             text = _try_scrape(port)
             # A worker keeps its last trial's epoch metrics until its next trial starts, so ask
@@ -180,25 +156,12 @@ def live(tmp_path_factory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("monitoring")
     config = dict(CONFIG, data=dict(CONFIG["data"], path=str(tmp / "data")), results=str(tmp / "results"))
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", "2", "--quiet",
-                             "--config", str(tmp / "search.yaml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    output: list[str] = []
-    started = threading.Event()
-    reader = threading.Thread(target=_read, args=(proc, output, started), daemon=True)
-    reader.start()
-    children: list[int] = []
-    try:
-        deadline = time.monotonic() + 120
-        while not started.wait(0.5):
-            if (proc.poll() is not None and not reader.is_alive()) or time.monotonic() > deadline:
-                pytest.fail("ktc local printed no ports:\n" + "".join(output))
-        match = next(LINE.search(line) for line in output if LINE.search(line))
-        chief_port = int(match.group(2))
-        worker_ports = [int(p) for p in match.group(4).split(",")]
-        run_dir = Path(match.group(5).strip())
-        children = _children(proc.pid)
+    search_dir = tmp / "results" / "ktc-search"
+    with local_run(["--workers", "2", "--quiet", "--config", str(tmp / "search.yaml")], search_dir) as run:
+        where = run.endpoints()
+        chief_port = where["chief_metrics_port"]
+        workers = {p["metrics_port"]: p["pid"] for name, p in sorted(where["processes"].items()) if name != "chief"}
+        worker_ports = list(workers)
         # The target labels Kubernetes' service discovery gives the chart's pods, which the
         # dashboards select by; and a DCGM exporter, in its own pod, reporting the workers' GPUs.
         pods = [CHIEF_POD] + [f"{SEARCH}-worker-{i}" for i in range(len(worker_ports))]
@@ -216,41 +179,12 @@ def live(tmp_path_factory) -> Iterator[Live]:
                                                              workdir=tmp / "prometheus"))
             start = time.time()
             scrapes: dict[str, str] = {}
-            requeued = _drive(proc, prom, chief_port, worker_ports, scrapes)
-            try:
-                proc.wait(timeout=240)
-            except subprocess.TimeoutExpired:
-                pytest.fail("the search did not finish in 240 s:\n" + "".join(output[-40:]))
+            requeued = _drive(run.proc, prom, chief_port, workers, scrapes)
+            code = run.finish(timeout=240)
             time.sleep(2.5)  # the last scrapes, then staleness markers
-            result = Live(prom, start - 1, time.time(), scrapes, output, run_dir, requeued)
-            assert proc.returncode == 0, f"ktc local exited with {proc.returncode}\n{result.logs()}"
+            result = Live(prom, start - 1, time.time(), scrapes, run.output, endpoints.run_dir(search_dir), requeued)
+            assert code == 0, f"ktc local exited with {code}\n{result.logs()}"
             yield result
-    finally:
-        _stop(proc, children)
-
-
-def _read(proc: subprocess.Popen, output: list[str], started: threading.Event) -> None:
-    for line in proc.stdout:
-        output.append(line)
-        if LINE.search(line):
-            started.set()
-
-
-def _stop(proc: subprocess.Popen, children: list[int]) -> None:
-    """SIGINT to `ktc local` (it stops its children in order); then SIGKILL whatever is left."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for pid in children:  # each child leads its own session: its group is its pid
-        try:
-            os.kill(pid, signal.SIGCONT)
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 # --- what the search produced -------------------------------------------------------------------

@@ -57,7 +57,7 @@ def offline_search(tmp_path_factory):
             for name in ("worker-0", "worker-1"):
                 assert cluster.wait_exit(name, timeout=60) == 0, cluster.tail(name)
             trials = cluster.trial_files()
-            best = json.loads((cluster.results / "best_hyperparameters.json").read_text())
+            best = json.loads((cluster.results / "nep-search" / "best_hyperparameters.json").read_text())
     runs = read_offline(tmp)
     chief = [r for r in runs if "search/space/start_neurons/type" in r]
     workers = {tid: r for r in runs for tid in ("worker-0", "worker-1") if f"monitoring/{tid}/hostname" in r}

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from kt_cluster.chief.ongoing import OngoingTrials
-from tests.test_oracle import finish, make_oracle
+from oracle_support import finish, make_oracle
 
 
 class T:

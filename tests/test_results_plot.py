@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -39,7 +40,7 @@ def results(tmp_path):
     for t in TRIALS:
         (project / f"trial_{t['trial_id']}").mkdir()
         (project / f"trial_{t['trial_id']}" / "trial.json").write_text(json.dumps(t))
-    (tmp_path / "results" / "best_hyperparameters.json").write_text(json.dumps(
+    (project / "best_hyperparameters.json").write_text(json.dumps(
         {"trial_id": "10", "score": 0.83, "objective": "val_f1", "direction": "max", "hyperparameters": HP}))
     return tmp_path / "results"
 
@@ -59,7 +60,7 @@ def test_plot_writes_a_png_with_both_panels(results, tmp_path, capsys):
 
 
 def test_plot_without_best_hyperparameters_guesses_the_objective(results, tmp_path):
-    (results / "best_hyperparameters.json").unlink()
+    (results / "unet-search" / "best_hyperparameters.json").unlink()
     out = tmp_path / "running.png"
     assert main(["results", "--results", str(results), "--plot", str(out), "--format", "json"]) == 0
     with Image.open(out) as image:
@@ -85,5 +86,13 @@ def test_exports_list_every_trial_in_id_order_with_status_score_and_first_error_
 def test_summary_names_the_failed_and_early_stopped_trials(results, capsys):
     assert main(["results", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "trial 1: FAILED DatasetError: train/masks/stamp/scan_007.png: cannot decode" in out
-    assert "trial 2: COMPLETED stopped early" in out
+    assert "  1 FAILED: DatasetError: train/masks/stamp/scan_007.png: cannot decode" in out
+    assert re.search(r"^ +3 +2 +0\.3500 .* stopped early$", out, flags=re.M)
+
+
+def test_keras_tuner_format_prints_the_chiefs_copy_of_keras_tuners_summary(results, capsys):
+    assert main(["results", "--results", str(results), "--format", "keras-tuner"]) == 1
+    assert "no " in capsys.readouterr().err
+    (results / "unet-search" / "summary-keras-tuner.txt").write_text("Results summary\nShowing 10 best trials\n")
+    assert main(["results", "--results", str(results), "--format", "keras-tuner"]) == 0
+    assert capsys.readouterr().out == "Results summary\nShowing 10 best trials\n"
