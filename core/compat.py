@@ -29,7 +29,8 @@ import os
 import re
 import threading
 from importlib import metadata
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from kt_cluster.core.config import ConfigError
 
@@ -69,6 +70,8 @@ from keras_tuner.src import protos as _protos  # noqa: E402 - the generated wire
 from keras_tuner.src.engine import metrics_tracking as _metrics  # noqa: E402 - MetricsTracker: no public alias
 from keras_tuner.src.engine import oracle as _oracle  # noqa: E402 - lock tables, Display: no public alias
 from keras_tuner.src.engine.objective import MultiObjective as _MultiObjective  # noqa: E402 - no public alias
+
+from kt_cluster.core import segmentation_metrics  # noqa: E402 - after the version check, as keras-tuner
 
 Trial = trial_module.Trial
 TrialStatus = trial_module.TrialStatus
@@ -274,6 +277,9 @@ class OracleSeam:
     `score_trial`, sampling (`_random_values`), the consecutive-failure check, the search-space
     copy (`SearchSpace`), `apply_metrics` (the heart of `update_trial`) and `best_trials`."""
 
+    # Directions the config declares for a hypermodel's own metrics (`metric_directions`).
+    metric_directions: Mapping[str, str] = MappingProxyType({})
+
     # --- keras-tuner's private state and methods, by name -----------------------------------
     # The chief's life cycle and journal need them; keras-tuner offers no public accessor.
 
@@ -411,8 +417,10 @@ class OracleSeam:
         nobody reads, which was a fifth of UpdateTrial's cost."""
         for name, value in metrics.items():
             if not trial.metrics.exists(name):
-                # The objective's direction for its metric, else inferred from the name.
-                direction = _oracle._maybe_infer_direction_from_objective(self.objective, name)
+                # The objective's direction for its metric, else the project's knowledge of its
+                # metrics and the config's, else keras-tuner's inference from the name.
+                direction = (_oracle._maybe_infer_direction_from_objective(self.objective, name)
+                             or segmentation_metrics.direction_of(name, self.metric_directions))
                 trial.metrics.register(name, direction=direction)
             trial.metrics.metrics[name].update(float(value), step=step)
 

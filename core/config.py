@@ -168,6 +168,10 @@ class SearchConfig(_Model):
     mixed_precision: bool = Field(False, description="Keras mixed_float16 policy (GPU only; ignored with a "
                                                      "warning on CPU).")
     jit_compile: bool | None = Field(None, description="XLA, passed to model.compile; null: Keras decides.")
+    metric_directions: dict[str, Literal["min", "max"]] = Field(
+        default_factory=dict, description="Whether lower (min) or higher (max) is better for metrics of your "
+                                          "own hypermodel that kt-cluster does not know (its own: f1, precision, "
+                                          "recall, iou: max; losses: min; Keras' metrics: inferred).")
     data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
     space: SpaceConfig = Field(default_factory=SpaceConfig, description="The U-Net search space.")
 

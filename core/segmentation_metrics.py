@@ -12,10 +12,31 @@ denominator is zero is 0.0 (e.g. precision when nothing was predicted but object
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import keras
 from keras import ops
 
 THRESHOLD = 0.5
+
+# Which way is better, for the metrics here and the loss. keras-tuner infers a direction from a
+# name only for Keras' own metrics, and records "min" for f1 and iou: a reader of a trial's
+# metrics asking for their best value would get the worst.
+DIRECTIONS = {"f1": "max", "precision": "max", "recall": "max", "iou": "max", "loss": "min"}
+
+
+def direction_of(name: str, declared: Mapping[str, str] | None = None) -> str | None:
+    """`"min"` or `"max"` for a logged metric (`val_iou` as `iou`): a direction `declared` in the
+    config (`metric_directions`, for a hypermodel's own metrics) first, then the metrics here and
+    any `*loss`; None leaves it to keras-tuner's inference from Keras' metrics."""
+    base = name[4:] if name.startswith("val_") else name
+    declared = declared or {}
+    for key in (name, base):
+        if key in declared:
+            return declared[key]
+    if base in DIRECTIONS:
+        return DIRECTIONS[base]
+    return "min" if base.endswith("loss") else None
 
 
 class _ConfusionMetric(keras.metrics.Metric):

@@ -9,6 +9,7 @@ holds it, so `save` and `reload` do nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 import keras_tuner
@@ -46,6 +47,7 @@ def make_oracle(config: SearchConfig, wrap: Callable[[type], type] | None = None
     cls = ORACLES[config.tuner]
     oracle = (wrap(cls) if wrap else cls)(**oracle_kwargs(config))
     oracle.max_trials = config.max_trials
+    oracle.metric_directions = MappingProxyType(dict(config.metric_directions))
     return oracle
 
 

@@ -310,3 +310,19 @@ def test_asha_hashes_a_configuration_as_keras_tuner_hashes_it_without_its_rung(t
         rung = {"tuner/epochs": rng.randint(1, 9), "tuner/initial_epoch": 0, "tuner/round": rng.randint(0, 3)}
         assert oracle._compute_values_hash(values | rung) == kt_oracle.Oracle._compute_values_hash(oracle, values)
         assert oracle._compute_values_hash(values | {"units": values["units"] + 1}) != oracle._compute_values_hash(values)
+
+
+def test_metric_directions_come_from_the_objective_the_project_the_config_then_keras_tuner(tmp_path):
+    oracle = make_oracle(tmp_path, direction="min")  # the objective val_f1, minimised: its own direction wins
+    oracle.metric_directions = {"dice": "max", "val_wobble": "min"}
+    trial = trial_module.Trial(oracle.hyperparameters.copy(), trial_id="00")
+    metrics = {"val_f1": 0.5, "f1": 0.5, "iou": 0.4, "val_iou": 0.4, "precision": 0.3, "val_recall": 0.2, "loss": 1.0,
+               "val_dice_loss": 1.0, "dice": 0.5, "val_dice": 0.5, "val_wobble": 1.0, "accuracy": 0.9, "custom": 1.0}
+    oracle.apply_metrics(trial, metrics, step=0)
+    stock = metrics_tracking.MetricsTracker()  # keras-tuner's inference, for what neither project nor config knows
+    stock.register("accuracy")
+    stock.register("custom")
+    assert {name: history.direction for name, history in trial.metrics.metrics.items()} == {
+        "val_f1": "min", "f1": "max", "iou": "max", "val_iou": "max", "precision": "max", "val_recall": "max",
+        "loss": "min", "val_dice_loss": "min", "dice": "max", "val_dice": "max", "val_wobble": "min",
+        "accuracy": stock.metrics["accuracy"].direction, "custom": stock.metrics["custom"].direction}

@@ -68,6 +68,14 @@ def test_search_completes_every_trial_and_writes_best_results(local_search):
     assert sorted(p.name for p in local_search["results"].iterdir()) == ["ktc-search"]
 
 
+def test_trial_files_record_which_way_each_metric_is_better(local_search):
+    for path in local_search["search"].glob("trial_*/trial.json"):
+        directions = {name: m["direction"] for name, m in json.loads(path.read_text())["metrics"]["metrics"].items()}
+        for name in ("f1", "precision", "recall", "iou"):
+            assert directions[name] == directions[f"val_{name}"] == "max", (path, directions)
+        assert directions["loss"] == directions["val_loss"] == "min", (path, directions)
+
+
 def test_search_prints_progress_and_its_own_summary(local_search):
     out = local_search["output"]
     assert re.search(r"\] 4/4 trials +completed 4", out)  # however soon the chief exits after the last trial
