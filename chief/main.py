@@ -45,7 +45,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
     oracle = tuner.oracle
     oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
-                         config.early_stopping_on, events=metrics)
+                         config.early_stopping_on, events=metrics, score_window=config.score_window)
     if oracle.restore():
         log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
         if oracle.done:

@@ -107,8 +107,9 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         return threading.RLock()
 
     def setup_cluster(self, state_dir, lease_seconds: float, stock_lease_seconds: float,
-                      early_stopping: bool, events: Events | None = None) -> None:
+                      early_stopping: bool, events: Events | None = None, score_window: int = 1) -> None:
         self.setup_journal(state_dir)
+        self.score_window = score_window  # a trial's score: its best mean of this many epochs
         self.install_display(QuietDisplay(self))
         self._ended = set(self.end_order)  # end_order as a set: "has it ended?" in O(1)
         self.leases = LeaseTable(lease_seconds, stock_lease_seconds)

@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from kt_cluster.core.config import ConfigError
+from kt_cluster.core.scoring import best_window
 
 SUPPORTED = ((1, 4, 8), (1, 4, 9))  # [first, end) of the keras-tuner releases tests and benchmarks ran on
 SUPPORTED_RANGE = ">={},<{}".format(*(".".join(map(str, release)) for release in SUPPORTED))  # as pyproject pins it
@@ -393,21 +394,29 @@ class OracleSeam:
             if collisions > self._max_collisions:
                 return None
 
-    def score_trial(self, trial: Trial) -> None:
-        """keras-tuner's score (best value of the objective, first step reaching it), in one pass.
+    # Epochs a trial's score averages (`kt_cluster.core.scoring`); the chief sets the search's.
+    score_window = 1
 
-        Its `get_best_value` and `get_best_step` each take a numpy mean of every observation; with
-        one finite value per step (what workers report) that mean is the value itself. Anything else
-        (a multi-objective, repeated steps, NaN) is scored by keras-tuner's own code."""
+    def score_trial(self, trial: Trial) -> None:
+        """The best mean of `score_window` consecutive epochs, at the step that ends that window
+        (`kt_cluster.core.scoring.best_window`); with a window of 1, keras-tuner's score (best value
+        of the objective, first step reaching it), in one pass.
+
+        keras-tuner's `get_best_value` and `get_best_step` each take a numpy mean of every
+        observation; with one finite value per step (what workers report) that mean is the value
+        itself. Anything else (a multi-objective, repeated steps, NaN) is scored by keras-tuner's
+        own code, whatever the window."""
         history = trial.metrics.metrics.get(self.objective.name)
         # In insertion order, as keras-tuner scans them (`get_history()` sorts by step).
         observations = list(history._observations.values()) if history is not None else []
         if (isinstance(self.objective, _MultiObjective) or not observations
                 or any(len(o.value) != 1 or math.isnan(o.value[0]) for o in observations)):
             return super().score_trial(trial)
-        pick = min if history.direction == "min" else max
-        best = pick(observations, key=lambda o: o.value[0])  # the first of equals, as keras-tuner's scan
-        trial.score, trial.best_step = best.value[0], best.step
+        if self.score_window > 1:
+            observations.sort(key=lambda o: o.step)  # windows are of consecutive epochs
+        score, index = best_window([o.value[0] for o in observations], self.score_window,
+                                   history.direction)  # the first of equals, as keras-tuner's scan
+        trial.score, trial.best_step = score, observations[index].step
 
     def apply_metrics(self, trial: Trial, metrics: dict[str, float], step: int) -> None:
         """What keras-tuner's `Oracle.update_trial` does to the trial, without its checks or save.

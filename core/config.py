@@ -154,7 +154,12 @@ class SearchConfig(_Model):
                                                                     "search.")
     seed: int | None = Field(None, description="Seeds the oracle and the data shuffle; null: random.")
     batch_size: int = Field(8, ge=1, description="Training batch size.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate (unless space.learning_rate "
+                                                         "searches it).")
+    score_window: int = Field(3, ge=1, description="A trial's score: the best mean of this many consecutive "
+                                                   "epochs of the objective (a trial with fewer: the mean of all), "
+                                                   "for ranking, promotions and the best checkpoint alike; 1: the "
+                                                   "best epoch, keras-tuner's rule.")
     results: Text = Field("results", description="Results directory, shared by the chief and the workers.")
     hypermodel: Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$"), BeforeValidator(_number_as_text),
                           Rule("must look like package.module:function")] | None = Field(

@@ -3,8 +3,9 @@
 After every epoch the state of training goes to `trial_<id>/resume.npz`: every variable of the
 model (weights, batch-norm statistics, the state of its random generators) and of its optimizer
 (Adam's step count and moments), so a resumed trial continues the same run. The progress (last
-finished epoch, the per-epoch logs so far, the best objective) goes to `trial_<id>/resume.json`.
-When the objective improves, that epoch's state also goes to `best.npz`; when the trial ends it
+finished epoch, the per-epoch logs so far, the best score) goes to `trial_<id>/resume.json`.
+When the score improves (the objective's best mean of `score_window` consecutive epochs,
+`kt_cluster.core.scoring`), that epoch's state also goes to `best.npz`; when the trial ends it
 becomes keras-tuner's best-epoch checkpoint (`checkpoint.weights.h5`, weights and optimizer),
 which the chief loads for the best model and a promoted trial starts from.
 
@@ -30,6 +31,7 @@ import keras
 import numpy as np
 
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
+from kt_cluster.core.scoring import WindowTracker
 
 STATE = "resume.npz"
 PROGRESS = "resume.json"
@@ -165,13 +167,16 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     is complete, writes the best-epoch checkpoint to `best_path`.
     """
 
-    def __init__(self, trial_dir: Path, objective, resumed: Progress | None, best_path: Path):
+    def __init__(self, trial_dir: Path, objective, resumed: Progress | None, best_path: Path,
+                 score_window: int = 1):
         super().__init__()
         self.trial_dir = Path(trial_dir)
         self.objective = objective
         self.best_path = Path(best_path)
         self.history: dict[str, list[float]] = dict(resumed.history) if resumed else {}
-        self.best_value = resumed.best_value if resumed else None
+        # "Best" as the chief scores the trial: the end of the best window of `score_window`
+        # epochs, followed from the epochs before a resume on.
+        self.window = WindowTracker(score_window, objective.direction, self.history.get(objective.name, ()))
         self.best: list[np.ndarray] | None = None  # the best epoch's state, once this run has one
         self.writer = Writer()
 
@@ -182,13 +187,10 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         state = snapshot(self.model)
         improved = not self.objective.has_value(logs)  # no objective to compare: keep the latest
         if self.objective.has_value(logs):
-            value = float(self.objective.get_value(logs))
-            improved = self.best_value is None or self.objective.better_than(value, self.best_value)
-            if improved:
-                self.best_value = value
+            improved = self.window.add(float(self.objective.get_value(logs)))
         if improved:
             self.best = state
-        progress = Progress(epoch, {k: list(v) for k, v in self.history.items()}, self.best_value)
+        progress = Progress(epoch, {k: list(v) for k, v in self.history.items()}, self.window.best)
         self.writer.submit(lambda: self._write(state, improved, progress))
 
     def finish(self, model: keras.Model, complete: bool) -> None:

@@ -36,7 +36,8 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
     tracker = NeptuneTracker.for_worker(config, tuner_id)
     try:
         tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner,
-                            seed=search_seed(config), distribution_strategy=strategy)
+                            seed=search_seed(config), score_window=config.score_window,
+                            distribution_strategy=strategy)
         client = ChiefClient(tuner.oracle, address, tuner_id, token)
         tuner.oracle = client
         worker = Worker(config, tuner, client, metrics, TrainingData(config), grace_seconds=grace_seconds,

@@ -8,7 +8,8 @@ A trial is reproducible: its initial weights and random layers are seeded from (
 trial id), and its training examples come in the order of `kt_cluster.worker.data.order` for the
 search seed. A resumed trial restores weights, optimizer state and random generator states and
 starts its data stream at its next epoch, so it trains as if it had never stopped; a promoted
-trial starts from its parent's best epoch, optimizer state included.
+trial starts from its parent's best epoch (the end of its best window of `score_window`
+epochs, as the chief scores it), optimizer state included.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def trial_seed(seed: int, trial_id: str) -> int:
 class WorkerTuner(compat.TunerSeam, SearchTuner):
     """Trains one trial at a time for `kt_cluster.worker.runner.Worker`."""
 
-    def __init__(self, *args, seed: int = 0, **kwargs):
+    def __init__(self, *args, seed: int = 0, score_window: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.score_window = score_window  # the chief's rule for a trial's score, which the best checkpoint follows
 
     def build_model(self, hp, seed: int) -> keras.Model:
         """The trial's compiled model, on a fresh Keras session, under the distribution strategy
@@ -79,7 +81,7 @@ class WorkerTuner(compat.TunerSeam, SearchTuner):
         elif parent is not None:  # Hyperband, asha: continue from the parent trial's best epoch
             checkpoints.restore_best_epoch(model, Path(self.checkpoint_path(parent)))
         progress = checkpoints.ResumeCheckpoint(trial_dir, self.oracle.objective, resumed,
-                                                Path(self.checkpoint_path(trial.trial_id)))
+                                                Path(self.checkpoint_path(trial.trial_id)), self.score_window)
         complete = False
         try:
             if initial_epoch < epochs:
