@@ -22,6 +22,7 @@ from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
 from kt_cluster.core import summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
+from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.neptune_tracking import NeptuneTracker
 from kt_cluster.core.tuner import build_tuner
@@ -63,7 +64,10 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     gc.collect()
     gc.freeze()
     http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
-    search_info = {"search_id": config.search_id, "tuner": config.tuner}
+    warnings = budget_warnings(config)
+    for warning in warnings:
+        log.warning("budget: %s", warning)
+    search_info = {"search_id": config.search_id, "tuner": config.tuner, "warnings": warnings}
     server = ChiefServer(oracle, metrics, address, token, search_info=search_info)
     port = server.port
     print(f"chief: serving the oracle on {address.rsplit(':', 1)[0]}:{port}, metrics on :{metrics_port}", flush=True)

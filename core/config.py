@@ -144,8 +144,10 @@ class SearchConfig(_Model):
     direction: Literal["min", "max"] = Field("max", description="Whether the objective is minimised or maximised.")
     max_trials: int = Field(10, ge=1, description="Trial budget (also caps Hyperband).")
     max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
-    min_epochs: int = Field(1, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
-                                                 "hyperband_factor**k, up to max_epochs).")
+    min_epochs: int | None = Field(None, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
+                                                           "hyperband_factor**k, up to max_epochs); null: derived "
+                                                           "from max_trials and max_epochs, the longest first rung "
+                                                           "that still lets the budget carry a trial to max_epochs.")
     epochs: int = Field(2, ge=1, description="Bayesian, random: epochs of every trial.")
     hyperband_factor: int = Field(3, ge=2, description="Hyperband's reduction factor (also asha's eta).")
     hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")
@@ -182,7 +184,7 @@ class SearchConfig(_Model):
 
     @model_validator(mode="after")
     def _rungs(self) -> "SearchConfig":
-        if self.tuner == "asha" and self.min_epochs > self.max_epochs:
+        if self.tuner == "asha" and self.min_epochs is not None and self.min_epochs > self.max_epochs:
             raise FieldRule("min_epochs", f"must be <= max_epochs ({self.max_epochs}), got {self.min_epochs}")
         return self
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import keras_tuner
 
 from kt_cluster.core.asha import ASHAOracle
+from kt_cluster.core.budget import asha_min_epochs
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.hypermodel import build_hypermodel
 
@@ -38,8 +39,10 @@ def oracle_kwargs(config: SearchConfig) -> dict[str, Any]:
         return common | {"max_epochs": config.max_epochs, "factor": config.hyperband_factor,
                          "hyperband_iterations": config.hyperband_iterations}
     if config.tuner == "asha":
-        return common | {"max_trials": config.max_trials, "min_epochs": config.min_epochs,
-                         "max_epochs": config.max_epochs, "eta": config.hyperband_factor}
+        eta = config.hyperband_factor
+        min_epochs = config.min_epochs or asha_min_epochs(config.max_epochs, eta, config.max_trials)
+        return common | {"max_trials": config.max_trials, "min_epochs": min_epochs,
+                         "max_epochs": config.max_epochs, "eta": eta}
     return common | {"max_trials": config.max_trials}
 
 

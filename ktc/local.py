@@ -25,6 +25,7 @@ import yaml
 
 from kt_cluster import endpoints
 from kt_cluster.core import dataset
+from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import ConfigError, SearchConfig
 from kt_cluster.core.summary import STATUS_FILE, SUMMARY_FILE
 from kt_cluster.progress import render
@@ -208,6 +209,8 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
         print(f"ktc local: search {config.search_id!r} is already complete; its results are in {search_dir}", flush=True)
         print((search_dir / SUMMARY_FILE).read_text(), end="", flush=True)
         return 0
+    for warning in budget_warnings(config):
+        print(f"ktc local: warning: {warning}", flush=True)
     print(f"ktc local: {prepare_data(config)}", flush=True)
     config_path, token_path = write_run_files(config)
     children, address = start(config, config_path, token_path, workers, base_port)

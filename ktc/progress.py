@@ -22,6 +22,7 @@ def render(status: dict[str, Any]) -> str:
         f"queued {status['queued']}  stopped early {status['stopped_early']}",
         f"best: {best_text}",
     ]
+    lines += [f"warning: {w}" for w in status.get("search", {}).get("warnings", [])]
     for running in status["running"]:
         epoch = running["epoch"] + 1 if running["epoch"] >= 0 else "-"
         lines.append(f"  {running['tuner_id']}: trial {running['trial_id']}, epochs done {epoch}")

@@ -236,9 +236,11 @@ def test_asha_config_is_validated(raw, field):
 
 def test_asha_config_defaults_and_early_stopping_off():
     config = from_dict({"tuner": "asha"})
-    assert config.min_epochs == 1 and not config.early_stopping_on
+    assert config.min_epochs is None and not config.early_stopping_on
     oracle = make_oracle(config)
-    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [1, 3, 9, 20] and oracle.max_trials == 10
+    # 10 trials pay for one promotion: the first rung is derived from the budget.
+    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [7, 20] and oracle.max_trials == 10
+    assert make_oracle(from_dict({"tuner": "asha", "min_epochs": 1})).rungs == [1, 3, 9, 20]
 
 
 def test_two_worker_search_completes_with_a_warm_started_promotion(cluster):

@@ -1,0 +1,101 @@
+"""Budgets that make Hyperband or ASHA degenerate are warned about, naming what to set (in the
+chief's log, its status, `ktc status` and `ktc local`); ASHA's first rung follows the budget."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras_tuner
+import pytest
+import yaml
+
+from kt_cluster.core.budget import asha_min_epochs, budget_warnings, hyperband_brackets, trials_to_top
+from kt_cluster.core.config import from_dict, load
+from kt_cluster.core.tuner import make_oracle
+from kt_cluster.progress import render
+
+from harness import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("max_epochs,factor", [(27, 3), (20, 3), (4, 2), (100, 3), (9, 4), (1, 3)])
+def test_bracket_plan_matches_keras_tuners_hyperband(max_epochs, factor):
+    oracle = keras_tuner.oracles.HyperbandOracle(objective=keras_tuner.Objective("val_f1", "max"),
+                                                 max_epochs=max_epochs, factor=factor)
+    expected = [[(oracle._get_size(b, r), oracle._get_epochs(b, r)) for r in range(oracle._get_num_rounds(b))]
+                for b in reversed(range(oracle._get_num_brackets()))]
+    assert hyperband_brackets(max_epochs, factor) == expected
+
+
+def test_hyperband_ending_inside_its_first_bracket_is_warned_with_the_trials_to_set():
+    config = from_dict({"tuner": "hyperband", "max_epochs": 27, "max_trials": 30})
+    [warning] = budget_warnings(config)
+    assert "first bracket (40 trials)" in warning
+    assert "no trial trains more than 3 of max_epochs 27" in warning
+    assert "set max_trials >= 40" in warning
+    assert budget_warnings(from_dict({"tuner": "hyperband", "max_epochs": 27, "max_trials": 40})) == []
+
+
+def test_asha_that_cannot_reach_max_epochs_is_warned():
+    config = from_dict({"tuner": "asha", "max_epochs": 27, "min_epochs": 1, "max_trials": 30})
+    [warning] = budget_warnings(config)
+    assert "cannot carry any asha trial to max_epochs 27" in warning
+    assert "need 40 trials" in warning and "set max_trials >= 40" in warning
+    assert budget_warnings(from_dict({"tuner": "asha", "max_epochs": 27, "min_epochs": 1, "max_trials": 40})) == []
+    tiny = budget_warnings(from_dict({"tuner": "asha", "max_epochs": 9, "min_epochs": 9, "max_trials": 2}))
+    assert any("nothing is ever promoted" in w for w in tiny)
+
+
+def test_random_and_bayesian_have_no_brackets_to_warn_about():
+    for tuner in ("random", "bayesian"):
+        assert budget_warnings(from_dict({"tuner": tuner, "max_trials": 1})) == []
+
+
+def test_asha_first_rung_is_derived_from_the_trial_budget():
+    assert trials_to_top(2, 3) == 13
+    assert asha_min_epochs(20, 3, 13) == 3  # rungs 3, 9, 20
+    assert asha_min_epochs(27, 3, 40) == 3  # rungs 3, 9, 27: never a 1-epoch rung
+    assert asha_min_epochs(20, 3, 10) == 7  # one promotion: rungs 7, 20
+    assert asha_min_epochs(20, 3, 3) == 20  # no promotion affordable: every trial trains max_epochs
+    assert asha_min_epochs(2, 3, 100) == 2  # max_epochs too short to divide
+    assert make_oracle(from_dict({"tuner": "asha", "max_epochs": 20, "max_trials": 13})).rungs == [3, 9, 20]
+    assert make_oracle(from_dict({"tuner": "asha", "max_epochs": 20, "min_epochs": 1,
+                                  "max_trials": 13})).rungs == [1, 3, 9, 20]
+    assert budget_warnings(from_dict({"tuner": "asha", "max_epochs": 20, "max_trials": 13})) == []
+
+
+def test_progress_view_shows_the_chiefs_warnings():
+    status = {"completed": 0, "failed": 0, "max_trials": 3, "total": 0, "running": [], "queued": 0,
+              "stopped_early": 0, "best": None, "objective": "val_f1", "done": False, "failure": None,
+              "search": {"search_id": "s", "tuner": "hyperband", "warnings": ["max_trials 3 ends hyperband ..."]}}
+    assert "warning: max_trials 3 ends hyperband ..." in render(status)
+
+
+@pytest.mark.timeout(300)
+def test_chief_log_status_and_ktc_status_show_a_degenerate_budget(tmp_path):
+    cluster = Cluster(tmp_path, config={"tuner": "hyperband", "max_epochs": 27, "max_trials": 3})
+    cluster.start_chief()
+    try:
+        status = cluster.wait_for(lambda s: True, timeout=120, what="chief up")
+        [warning] = status["search"]["warnings"]
+        assert "set max_trials >= 40" in warning
+        shown = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--chief", cluster.address,
+                                "--auth-token-file", str(cluster.token_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert "warning: max_trials 3 ends hyperband inside its first bracket" in shown.stdout
+    finally:
+        cluster.stop()
+    assert "budget: max_trials 3 ends hyperband inside its first bracket" in (cluster.logs / "chief.log").read_text()
+
+
+def test_ktc_local_prints_the_warning_before_anything_starts(tmp_path):
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({"tuner": "hyperband", "max_epochs": 27, "max_trials": 30,
+                                      "data": {"path": str(tmp_path / "missing")}, "results": str(tmp_path / "r")}))
+    run = subprocess.run([sys.executable, "-m", "kt_cluster", "local", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "ktc local: warning: max_trials 30 ends hyperband inside its first bracket" in run.stdout
+    # Then the missing dataset stops it, before any process starts.
+    assert run.returncode != 0 and "dataset directory does not exist" in run.stdout + run.stderr
