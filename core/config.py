@@ -142,7 +142,8 @@ class SearchConfig(_Model):
     objective: Annotated[Text, Rule("must name a metric such as val_f1")] = Field(
         "val_f1", min_length=1, description="Metric the search optimises (a Keras metric such as val_f1 or val_loss).")
     direction: Literal["min", "max"] = Field("max", description="Whether the objective is minimised or maximised.")
-    max_trials: int = Field(10, ge=1, description="Trial budget (also caps Hyperband).")
+    max_trials: int = Field(30, ge=1, description="Trial budget (also caps Hyperband; 30 is one whole Hyperband "
+                                                  "iteration at the default max_epochs and hyperband_factor).")
     max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
     min_epochs: int | None = Field(None, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
                                                            "hyperband_factor**k, up to max_epochs); null: derived "

@@ -238,8 +238,9 @@ def test_asha_config_defaults_and_early_stopping_off():
     config = from_dict({"tuner": "asha"})
     assert config.min_epochs is None and not config.early_stopping_on
     oracle = make_oracle(config)
-    # 10 trials pay for one promotion: the first rung is derived from the budget.
-    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [7, 20] and oracle.max_trials == 10
+    # The first rung is derived from the budget: 30 trials pay for two promotions.
+    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [3, 9, 20] and oracle.max_trials == 30
+    assert make_oracle(from_dict({"tuner": "asha", "max_trials": 10})).rungs == [7, 20]  # one promotion
     assert make_oracle(from_dict({"tuner": "asha", "min_epochs": 1})).rungs == [1, 3, 9, 20]
 
 

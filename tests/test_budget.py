@@ -52,6 +52,13 @@ def test_random_and_bayesian_have_no_brackets_to_warn_about():
         assert budget_warnings(from_dict({"tuner": tuner, "max_trials": 1})) == []
 
 
+def test_shipped_examples_are_not_degenerate():
+    assert budget_warnings(load(ROOT / "examples" / "quickstart.yaml", env={})) == []
+    for path in sorted((ROOT / "examples" / "helm").glob("*.yaml")):
+        search = (yaml.safe_load(path.read_text()) or {}).get("search", {})
+        assert budget_warnings(from_dict(search)) == [], path.name
+
+
 def test_asha_first_rung_is_derived_from_the_trial_budget():
     assert trials_to_top(2, 3) == 13
     assert asha_min_epochs(20, 3, 13) == 3  # rungs 3, 9, 20
