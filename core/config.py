@@ -22,8 +22,10 @@ from pydantic.fields import FieldInfo
 
 Tuner = Literal["hyperband", "bayesian", "random", "asha"]
 Activation = Literal["mish", "elu", "lrelu", "relu"]
+Loss = Literal["weighted_bce", "bce_dice"]
 TUNERS: tuple[str, ...] = get_args(Tuner)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+LOSSES: tuple[str, ...] = get_args(Loss)
 ENV_PREFIX = "KTC_"
 
 
@@ -64,6 +66,22 @@ def _unique(values: list[str]) -> list[str]:
     return values
 
 
+def _unique_losses(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not name a loss twice, got {values}")
+    return values
+
+
+def _number_text(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as a string: a number all the same."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 Text = Annotated[str, BeforeValidator(_number_as_text)]
 
 
@@ -92,6 +110,20 @@ class DepthRange(IntRange):
     max: int = Field(ge=1, le=10, description="Largest depth searched (>= min, <= 10).")
 
 
+class FloatRange(_Model):
+    """A positive number searched log-uniformly from `min` to `max`."""
+
+    min: Annotated[float, BeforeValidator(_number_text)] = Field(gt=0, description="Smallest value searched.")
+    max: Annotated[float, BeforeValidator(_number_text)] = Field(gt=0, description="Largest value searched "
+                                                                                  "(>= min; = min: fixed).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if self.max < self.min:
+            raise FieldRule("max", f"must be >= min ({self.min}), got {self.max}")
+        return self
+
+
 class SpaceConfig(_Model):
     """Ranges of the default U-Net search space (the reference article's model builder)."""
 
@@ -105,6 +137,14 @@ class SpaceConfig(_Model):
                                                  "before it (true) or keep it before (false).")
     activation: list[Activation] = Field(default_factory=lambda: ["mish", "elu", "lrelu"], min_length=1,
                                          description="Activations searched, an unordered choice.")
+    loss: Annotated[list[Loss], AfterValidator(_unique_losses)] = Field(
+        default_factory=lambda: ["weighted_bce"], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Losses searched, an unordered choice (one: fixed): weighted_bce (the article's binary "
+                    "cross-entropy, positive pixels up-weighted per class) and bce_dice (unweighted binary "
+                    "cross-entropy plus soft Dice).")
+    learning_rate: FloatRange | None = Field(None, description="Adam's learning rate searched log-uniformly from "
+                                                               "min to max; null: fixed at the search's "
+                                                               "learning_rate.")
 
 
 class DataConfig(_Model):
@@ -394,9 +434,12 @@ def _model_at(loc: list) -> type[BaseModel] | None:
     model: Any = SearchConfig
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        # A model field, or an optional one (`FloatRange | None`).
+        arms = (get_args(field.annotation) or (field.annotation,)) if field is not None else ()
+        models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
+        if not models:
             return None
-        model = field.annotation
+        model = models[0]
     return model
 
 

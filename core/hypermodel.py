@@ -11,7 +11,7 @@ import keras_tuner
 
 from kt_cluster.core import unet as unet_lib
 from kt_cluster.core.config import ConfigError, SearchConfig
-from kt_cluster.core.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
+from kt_cluster.core.losses import BceDice, WeightedBinaryCrossentropy, pos_weights_from_fractions
 from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ class HypermodelError(ConfigError):
 
 def default_space_builder(config: SearchConfig,
                           class_fractions: Sequence[float] | None = None) -> ModelBuilder:
-    """The article's `model_builder(hp)`, with net_depth clamped once to what the image size allows."""
+    """The article's `model_builder(hp)`, with net_depth clamped once to what the image size allows,
+    plus what the space adds to it when set: the loss (`space.loss`, when it names more than one)
+    and Adam's learning rate (`space.learning_rate`)."""
     space, data = config.space, config.data
     depth_min, depth_max = _net_depth_range(config)
     pos_weights = _pos_weights(class_fractions, len(data.classes))
@@ -41,8 +43,12 @@ def default_space_builder(config: SearchConfig,
             bn_after_act=hp.Boolean("bn_after_act", default=False) if space.bn_after_act else False,
             activation=hp.Choice("activation", space.activation, ordered=False),
         )
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss=WeightedBinaryCrossentropy(pos_weights),
+        loss = hp.Choice("loss", space.loss, ordered=False) if len(space.loss) > 1 else space.loss[0]
+        rates = space.learning_rate
+        learning_rate = (hp.Float("learning_rate", rates.min, rates.max, sampling="log")
+                         if rates and rates.max > rates.min else rates.min if rates else config.learning_rate)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss=BceDice() if loss == "bce_dice" else WeightedBinaryCrossentropy(pos_weights),
                       metrics=[F1Score(), Precision(), Recall(), IoU()], **compile_options(config))
         return model
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kt_cluster.core.config import ConfigError, load
+from kt_cluster.core.config import ConfigError, from_dict, load
 
 
 def write(tmp_path, text):
@@ -62,6 +62,32 @@ def test_defaults_follow_the_reference_article():
     assert (config.space.net_depth.min, config.space.net_depth.max) == (2, 6)
     assert config.space.activation == ["mish", "elu", "lrelu"]
     assert config.learning_rate == 1e-3
+
+
+def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spike_robust_score():
+    config = load(None, env={})
+    assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("hyperband", 3, None, 30)
+    assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"score_window": 0}, "score_window"),
+    ({"min_epochs": 0}, "min_epochs"),
+    ({"space": {"loss": ["dice"]}}, "space.loss"),
+    ({"space": {"loss": ["bce_dice", "bce_dice"]}}, "space.loss"),
+    ({"space": {"learning_rate": {"min": 0.01, "max": 0.001}}}, "space.learning_rate.max"),
+    ({"space": {"learning_rate": {"min": 0, "max": 0.001}}}, "space.learning_rate.min"),
+    ({"space": {"learning_rate": {"min": 1e-4, "max": 1e-2, "step": 1}}}, "space.learning_rate.step"),
+])
+def test_search_additions_are_validated_naming_the_field(raw, field):
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        from_dict(raw)
+
+
+def test_a_learning_rate_written_as_yaml_reads_it_is_a_number(tmp_path):
+    path = write(tmp_path, "space:\n  learning_rate: {min: 1e-4, max: 1.0e-2}\n")  # 1e-4: a string to YAML 1.1
+    rates = load(path, env={}).space.learning_rate
+    assert (rates.min, rates.max) == (1e-4, 1e-2)
 
 
 def test_early_stopping_defaults_off_under_hyperband_only():

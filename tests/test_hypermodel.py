@@ -11,7 +11,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core.config import ConfigError, FloatRange, SearchConfig
 from kt_cluster.core.hypermodel import HypermodelError, build_hypermodel, default_space_builder, load_hypermodel
 from kt_cluster.core.losses import WeightedBinaryCrossentropy
 
@@ -170,3 +170,21 @@ def test_build_hypermodel_defaults_to_the_unet_space():
 
 def _layers(model: keras.Model, kind: type) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+def test_the_loss_and_learning_rate_join_the_space_only_when_asked():
+    config = _config(learning_rate=FloatRange(min=1e-4, max=1e-2), loss=["weighted_bce", "bce_dice"])
+    hp = keras_tuner.HyperParameters()
+    model = default_space_builder(config)(hp)
+    space = {p.name: p for p in hp.space}
+    assert space["loss"].values == ["weighted_bce", "bce_dice"] and not space["loss"].ordered
+    rates = space["learning_rate"]
+    assert (rates.min_value, rates.max_value, rates.sampling) == (1e-4, 1e-2, "log")
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(rates.default, rel=1e-6)
+    assert isinstance(model.loss, WeightedBinaryCrossentropy)  # the first choice is the default
+
+    hp = keras_tuner.HyperParameters()
+    model = default_space_builder(_config(loss=["bce_dice"], learning_rate=FloatRange(min=3e-4, max=3e-4)))(hp)
+    assert {p.name for p in hp.space}.isdisjoint({"loss", "learning_rate"})  # one value: fixed
+    assert model.loss.name == "bce_dice"
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(3e-4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import keras
 
-from kt_cluster.core.losses import WeightedBinaryCrossentropy, pos_weights_from_fractions
+from kt_cluster.core.losses import BceDice, WeightedBinaryCrossentropy, pos_weights_from_fractions
 from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
 
 METRICS = (F1Score, Precision, Recall, IoU)
@@ -164,3 +164,17 @@ def test_pos_weights_from_fractions_is_clipped_inverse_odds():
 def test_pos_weights_from_fractions_rejects_fractions_outside_unit_interval():
     with pytest.raises(ValueError, match="class fraction 1"):
         pos_weights_from_fractions([0.1, 1.5])
+
+
+def test_bce_dice_is_low_for_a_match_and_counts_a_missed_small_object_fully():
+    loss = BceDice()
+    page = np.zeros((1, 8, 8, 2), dtype="float32")
+    page[0, 1:3, 1:3, 0] = 1.0  # a 4-pixel object of class 0; class 1 absent
+    assert float(loss(page, page * 0.999 + 0.0005)) < 0.03  # Dice near 1 for both classes, tiny BCE
+    missed = float(loss(page, np.full_like(page, 0.001)))
+    # Class 0's Dice is about 1/5 (smoothing only), class 1's about 1: the loss is near half a
+    # class missed, though the object is 4 of 128 pixels (BCE alone: about 0.2).
+    assert 0.4 < missed < 0.7
+    assert BceDice.from_config(loss.get_config()).smooth == 1.0
+    with pytest.raises(ValueError):
+        BceDice(smooth=0)
