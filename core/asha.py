@@ -10,8 +10,9 @@ Rungs are trained for r, r*eta, r*eta^2, ... epochs, the last one capped at R (`
    conventions, so `kt_cluster.worker.tuner.WorkerTuner` warm-starts it from the parent's checkpoint:
    `tuner/epochs` = epochs of rung k+1, `tuner/initial_epoch` = epochs of rung k,
    `tuner/trial_id` = the parent, `tuner/bracket` = 0, `tuner/round` = k+1;
-2. otherwise samples a new random configuration at rung 0 (`tuner/epochs` = r,
-   `tuner/initial_epoch` = 0, `tuner/round` = 0).
+2. otherwise starts a new configuration at rung 0 (`tuner/epochs` = r, `tuner/initial_epoch` = 0,
+   `tuner/round` = 0): drawn by a `kt_cluster.core.sampler.ModelSampler` fit on the rung-0 results
+   when the oracle has one (model-based and cost-aware, BOHB-style), else at random.
 
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
 Hyperband's brackets); the only exception is a search space with no unseen configuration left,
@@ -27,12 +28,14 @@ rebuilt lazily from `self.trials` after `set_state`.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.core import compat
+from kt_cluster.core.sampler import ModelSampler
 
 TrialStatus = trial_module.TrialStatus
 TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id", "tuner/bracket", "tuner/round")
@@ -48,7 +51,7 @@ def rung_epochs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
 
 
 class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
-    """Asynchronous successive halving over random configurations."""
+    """Asynchronous successive halving over random or model-sampled configurations."""
 
     # A configuration is "tried" whatever its rung: a sampled configuration is never sampled again.
     unhashed_prefix = "tuner/"
@@ -56,7 +59,8 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
     def __init__(self, objective=None, max_trials: int | None = None, min_epochs: int = 1,
                  max_epochs: int = 20, eta: int = 3, seed: int | None = None, hyperparameters=None,
                  allow_new_entries: bool = True, tune_new_entries: bool = True,
-                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3):
+                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3,
+                 sampler: ModelSampler | None = None):
         if min_epochs < 1 or max_epochs < min_epochs:
             raise ValueError(f"ASHA needs 1 <= min_epochs <= max_epochs, got {min_epochs} and {max_epochs}")
         if eta < 2:
@@ -66,6 +70,7 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
                          max_retries_per_trial=max_retries_per_trial,
                          max_consecutive_failed_trials=max_consecutive_failed_trials)
         self.min_epochs, self.max_epochs, self.eta = min_epochs, max_epochs, eta
+        self.sampler = sampler
         self._index_stale = True
         self._results: list[dict[str, float]] = []  # per rung: trial id -> score, completed trials only
         self._promoted: set[str] = set()  # ids of trials that already have a promoted child
@@ -132,11 +137,35 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
                            "tuner/trial_id": parent_id, "tuner/bracket": 0, "tuner/round": rung + 1})
             self._promoted.add(parent_id)
             return {"status": TrialStatus.RUNNING, "values": values}
-        values = compat.random_values(self)
+        values = self._new_values()
         if values is None:  # every configuration of the space has been sampled
             return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
         values.update({"tuner/epochs": rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
         return {"status": TrialStatus.RUNNING, "values": values}
+
+    def _new_values(self) -> dict[str, Any] | None:
+        """A rung-0 configuration never tried before: from the sampler's model, else at random."""
+        if self.sampler is None:
+            return compat.random_values(self)
+        results, _ = self._index()
+        # Rung 0 holds every configuration: higher rungs hold only the promoted, too alike to
+        # tell a model what is bad.
+        scored = [({k: v for k, v in self.trials[t].hyperparameters.values.items() if k not in TUNER_KEYS}, s)
+                  for t, s in results[0].items()]
+        # Candidates come from a stream of their own, seeded by the oracle's seed state (hashed
+        # from a string): keras-tuner's draws seed each value with consecutive integers, whose
+        # first outputs are correlated enough that eight draws in a row can all land in the
+        # space's expensive half.
+        rng = random.Random(f"asha-{compat.next_seed(self)}")
+
+        def draw() -> dict[str, Any] | None:
+            return compat.unseen_values(self, lambda: rng.getrandbits(63))
+
+        values = self.sampler.sample(self.hyperparameters.space, draw, scored,
+                                     self.objective.direction == "max", rng)
+        if values is not None and compat.tried_before(self, values):
+            values = draw()  # a model draw that repeats a tried configuration
+        return values
 
     # --- state -------------------------------------------------------------------------------
 

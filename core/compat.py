@@ -15,7 +15,8 @@ Everything else uses keras-tuner's public names (`keras_tuner.Oracle`, `keras_tu
 - the oracle: `OracleSeam`, the mixin the chief's oracle stands on (keras-tuner's private state and
   hooks under public names, and faster copies of its scoring, sampling, failure check, search-space
   copy and best-trial choice), `trial_from_state`, `repair_lock`, the `Display` base class;
-- ASHA's duplicate check (`ValuesHashIgnoring`) and sampling (`random_values`);
+- ASHA's duplicate check (`ValuesHashIgnoring`, `tried_before`) and sampling (`random_values`,
+  and for its model-based sampler `next_seed` and `unseen_values`);
 - the tuner: `TunerSeam`, where keras-tuner keeps a trial's best-epoch checkpoint (the worker
   builds, warm-starts and checkpoints its models itself, through Keras' public API).
 """
@@ -30,7 +31,7 @@ import re
 import threading
 from importlib import metadata
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from kt_cluster.core.config import ConfigError
 from kt_cluster.core.scoring import best_window
@@ -469,6 +470,32 @@ def random_values(oracle) -> dict[str, Any] | None:
     """Values of every active hyperparameter, drawn from the oracle's seed state and not tried
     before; None when 20 draws in a row were all tried (keras-tuner's sampler has no public name)."""
     return oracle._random_values()
+
+
+def next_seed(oracle) -> int:
+    """The oracle's seed state, then advanced by one. keras-tuner's own draws use it and it is part
+    of the oracle's saved state, so a restarted chief continues the same sequence."""
+    seed = oracle._seed_state
+    oracle._seed_state += 1
+    return seed
+
+
+def unseen_values(oracle, next_value_seed: Callable[[], int]) -> dict[str, Any] | None:
+    """Values of every active hyperparameter, each drawn with a seed from `next_value_seed`, not
+    tried before; None when keras-tuner's limit of draws in a row were all tried."""
+    for _ in range(oracle._max_collisions + 1):
+        values: dict[str, Any] = {}
+        for hp in oracle.hyperparameters.space:
+            if all(condition.is_active(values) for condition in hp.conditions):
+                values[hp.name] = hp.random_sample(next_value_seed())
+        if not oracle._duplicate(values):
+            return values
+    return None
+
+
+def tried_before(oracle, values: dict[str, Any]) -> bool:
+    """keras-tuner's duplicate check: were these values sampled before?"""
+    return oracle._duplicate(values)
 
 
 # --- the tuner ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 Tuner = Literal["hyperband", "bayesian", "random", "asha"]
 Activation = Literal["mish", "elu", "lrelu", "relu"]
 Loss = Literal["weighted_bce", "bce_dice"]
+Sampler = Literal["model", "random"]
 TUNERS: tuple[str, ...] = get_args(Tuner)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 LOSSES: tuple[str, ...] = get_args(Loss)
@@ -192,6 +193,10 @@ class SearchConfig(_Model):
     epochs: int = Field(2, ge=1, description="Bayesian, random: epochs of every trial.")
     hyperband_factor: int = Field(3, ge=2, description="Hyperband's reduction factor (also asha's eta).")
     hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")
+    sampler: Sampler = Field("model", description="Asha: how new configurations are drawn: model (a Parzen-"
+                                                  "estimator model of the first rung's scores, per unit of "
+                                                  "cost, BOHB-style; the cheapest of 32 random draws until 4 "
+                                                  "trials have a score) or random.")
     max_retries_per_trial: int = Field(1, ge=0, description="Re-runs of a trial that ended INVALID.")
     max_consecutive_failed_trials: int = Field(3, ge=1, description="This many FAILED trials in a row end the "
                                                                     "search.")

@@ -55,6 +55,22 @@ def default_space_builder(config: SearchConfig,
     return build
 
 
+def space_cost(config: SearchConfig) -> Callable[[dict], float] | None:
+    """A configuration's relative cost per epoch for cost-aware samplers: the default U-Net's
+    multiply-adds for its hyperparameter values; None for a user's hypermodel (unknown)."""
+    if config.hypermodel:
+        return None
+    data = config.data
+
+    def cost(values: dict) -> float:
+        if "start_neurons" not in values or "net_depth" not in values:
+            return 1.0  # a space of other names (an oracle given its own space): all alike
+        return float(unet_lib.multiply_adds(data.image_size, data.channels, int(values["start_neurons"]),
+                                            int(values["net_depth"]), len(data.classes)))
+
+    return cost
+
+
 def compile_options(config: SearchConfig) -> dict[str, object]:
     """Extra `model.compile` arguments: `jit_compile` (XLA) when set, else Keras' "auto"."""
     return {} if config.jit_compile is None else {"jit_compile": config.jit_compile}

@@ -29,6 +29,23 @@ def max_depth(image_size: int) -> int:
     return depth
 
 
+def multiply_adds(size: int, channels: int, start_neurons: int, net_depth: int, output_classes: int) -> int:
+    """Multiply-adds of one forward pass on a `size` x `size` image: what an epoch costs, up to a
+    factor (training is about three forward passes) that every configuration shares."""
+    total, inputs, side = 0, channels, size
+    filters = [start_neurons * 2**level for level in range(net_depth)]
+    for level in range(net_depth - 1):
+        total += side * side * 9 * (inputs * filters[level] + filters[level] ** 2)
+        inputs, side = filters[level], side // 2
+    total += side * side * 9 * (inputs * filters[-1] + filters[-1] ** 2)  # the middle cascade
+    for level in reversed(range(net_depth - 1)):
+        up = filters[level]
+        total += side * side * 9 * filters[level + 1] * up  # transposed conv, per input pixel
+        side *= 2
+        total += side * side * 9 * (2 * up * up + up * up)  # the cascade after the skip concat
+    return total + side * side * filters[0] * output_classes
+
+
 def unet(input_size: tuple[int, int, int], start_neurons: int, net_depth: int, output_classes: int,
          dropout: bool = False, bn_after_act: bool = False, activation: str = "mish",
          weights: str | None = None) -> keras.Model:

@@ -67,11 +67,13 @@ def test_defaults_follow_the_reference_article():
 def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spike_robust_score():
     config = load(None, env={})
     assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("hyperband", 3, None, 30)
+    assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
 
 
 @pytest.mark.parametrize("raw, field", [
     ({"score_window": 0}, "score_window"),
+    ({"sampler": "tpe"}, "sampler"),
     ({"min_epochs": 0}, "min_epochs"),
     ({"space": {"loss": ["dice"]}}, "space.loss"),
     ({"space": {"loss": ["bce_dice", "bce_dice"]}}, "space.loss"),

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from kt_cluster.core.config import ConfigError, FloatRange, SearchConfig
-from kt_cluster.core.hypermodel import HypermodelError, build_hypermodel, default_space_builder, load_hypermodel
+from kt_cluster.core.hypermodel import (HypermodelError, build_hypermodel, default_space_builder, load_hypermodel,
+                                        space_cost)
 from kt_cluster.core.losses import WeightedBinaryCrossentropy
 
 MODULE = "ktc_tmp_hypermodel"
@@ -188,3 +189,13 @@ def test_the_loss_and_learning_rate_join_the_space_only_when_asked():
     assert {p.name for p in hp.space}.isdisjoint({"loss", "learning_rate"})  # one value: fixed
     assert model.loss.name == "bce_dice"
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(3e-4)
+
+
+def test_space_cost_grows_with_filters_and_depth_and_is_unknown_for_a_users_hypermodel():
+    cost = space_cost(_config(image_size=128))
+    small = cost({"start_neurons": 16, "net_depth": 4})
+    assert cost({"start_neurons": 32, "net_depth": 4}) == pytest.approx(4 * small, rel=0.05)
+    assert cost({"start_neurons": 16, "net_depth": 2}) < small < cost({"start_neurons": 16, "net_depth": 6})
+    config = _config()
+    config.hypermodel = "pkg.mod:build"
+    assert space_cost(config) is None

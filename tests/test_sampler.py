@@ -1,0 +1,140 @@
+"""ASHA's model-based sampler: cheap configurations first, then draws near the best ones, per
+unit of cost, never a configuration twice, deterministic per seed."""
+
+import random
+
+import keras_tuner
+import pytest
+from keras_tuner.engine import trial as trial_module
+
+from kt_cluster.core.asha import ASHAOracle
+from kt_cluster.core.sampler import ModelSampler
+
+Status = trial_module.TrialStatus
+
+
+def space():
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 8, 128, step=8)
+    hp.Float("lr", 1e-4, 1e-1, sampling="log")
+    hp.Choice("loss", ["a", "b", "c"])
+    return hp
+
+
+def units_cost(values):
+    return float(values["units"]) ** 2
+
+
+def drawer(hp, seed=0):
+    rng = random.Random(seed)
+
+    def draw():
+        return {p.name: p.random_sample(rng.randrange(1 << 30)) for p in hp.space}
+
+    return draw
+
+
+def test_before_the_model_has_data_it_picks_the_cheapest_of_a_few_random_draws():
+    hp = space()
+    draw = drawer(hp)
+    sampler = ModelSampler(cost=units_cost, initial_candidates=3)
+    picks = [sampler.sample(hp.space, draw, [], True, random.Random(i))["units"] for i in range(60)]
+    uniform = [draw()["units"] for _ in range(60)]
+    assert sum(picks) / len(picks) < 0.75 * sum(uniform) / len(uniform)
+    assert len(set(picks)) > 3  # still random, not one configuration
+
+
+def test_with_scores_it_samples_near_the_good_configurations():
+    hp = space()
+    # Good trials have a high learning rate and loss "c"; units do not matter.
+    scored = [({"units": u, "lr": lr, "loss": loss}, (1.0 if loss == "c" else 0.0) + lr)
+              for u in (16, 64, 120) for lr in (1e-4, 1e-3, 5e-2) for loss in ("a", "b", "c")]
+    sampler = ModelSampler(cost=None, random_fraction=0.0)
+    picks = [sampler.sample(hp.space, drawer(hp, i), scored, True, random.Random(i)) for i in range(30)]
+    assert sum(p["loss"] == "c" for p in picks) >= 24
+    by_lr = [(values, values["lr"]) for values, _ in scored]  # now only the learning rate matters
+    picks = [sampler.sample(hp.space, drawer(hp, i), by_lr, True, random.Random(i)) for i in range(30)]
+    assert sorted(p["lr"] for p in picks)[15] > 1e-2
+
+
+def test_cost_weighs_against_expensive_configurations_that_look_alike():
+    hp = space()
+    scored = [({"units": u, "lr": 1e-3, "loss": "a"}, 0.5) for u in (16, 64, 120)] + \
+             [({"units": u, "lr": 1e-3, "loss": "b"}, 0.1) for u in (16, 64, 120)]
+    with_cost = ModelSampler(cost=units_cost, random_fraction=0.0)
+    without = ModelSampler(cost=None, random_fraction=0.0)
+    mean = lambda s: sum(s.sample(hp.space, drawer(hp, i), scored, True, random.Random(i))["units"]  # noqa: E731
+                         for i in range(30)) / 30
+    assert mean(with_cost) < 0.7 * mean(without)
+
+
+def run_asha(seed, sampler, tmp_path, trials=24):
+    oracle = ASHAOracle(objective=keras_tuner.Objective("val_f1", "max"), max_trials=trials, min_epochs=1,
+                        max_epochs=9, eta=3, hyperparameters=space(), seed=seed, sampler=sampler)
+    oracle._set_project_dir(str(tmp_path / f"s{seed}-{len(list(tmp_path.iterdir()))}"), "search")
+    seen = []
+    for _ in range(trials):
+        trial = oracle.create_trial("w0")
+        if trial.status != Status.RUNNING:
+            break
+        values = trial.hyperparameters.values
+        seen.append(dict(values))
+        score = (1.0 if values["loss"] == "c" else 0.0) - values["units"] / 1000
+        oracle.update_trial(trial.trial_id, {"val_f1": score}, step=values["tuner/epochs"] - 1)
+        trial.status = Status.COMPLETED
+        oracle.end_trial(trial)
+    return seen
+
+
+def test_asha_with_the_sampler_never_repeats_a_configuration_and_is_deterministic_per_seed(tmp_path):
+    sampler = ModelSampler()
+    first = run_asha(5, sampler, tmp_path)
+    assert first == run_asha(5, sampler, tmp_path)
+    fresh = [tuple(sorted((k, v) for k, v in t.items() if not k.startswith("tuner/"))) for t in first
+             if "tuner/trial_id" not in t]
+    assert len(fresh) == len(set(fresh)) and len(first) == 24
+    model_phase = [t for t in first if "tuner/trial_id" not in t][8:]
+    assert sum(t["loss"] == "c" for t in model_phase) > len(model_phase) / 2
+
+
+@pytest.mark.parametrize("sampler", [None, ModelSampler()])
+def test_asha_runs_its_whole_budget_with_or_without_the_sampler(sampler, tmp_path):
+    seen = run_asha(1, sampler, tmp_path, trials=12)
+    assert len(seen) == 12 and any("tuner/trial_id" in t for t in seen)
+
+
+def test_first_configurations_of_the_default_space_are_its_cheap_architectures(tmp_path):
+    from kt_cluster.core.config import from_dict
+    from kt_cluster.core.tuner import build_tuner
+
+    config = from_dict({"tuner": "asha", "data": {"image_size": 128}, "results": str(tmp_path), "max_trials": 13})
+    space = build_tuner(config).oracle.hyperparameters
+    base = None
+    costs = []
+    for seed in range(1, 21):
+        oracle = make_oracle_for(config, space, seed, tmp_path / str(seed))
+        base = base or oracle.sampler.cost({"start_neurons": 16, "net_depth": 4})
+        for _ in range(3):
+            costs.append(oracle.sampler.cost(oracle.create_trial("w0").hyperparameters.values) / base)
+    # The space's median configuration costs about 15 times a 16-filter depth-4 U-Net.
+    assert max(costs) <= 3 and sum(costs) / len(costs) <= 1.2
+
+
+def make_oracle_for(config, space, seed, where):
+    from kt_cluster.core.tuner import make_oracle
+
+    oracle = make_oracle(config)
+    oracle.hyperparameters = space.copy()
+    oracle._seed_state = seed
+    oracle._set_project_dir(str(where), "search")
+    return oracle
+
+
+def test_asha_gets_the_cost_aware_model_sampler_unless_random_is_asked_for(tmp_path):
+    from kt_cluster.core.config import from_dict
+    from kt_cluster.core.tuner import make_oracle
+
+    sampler = make_oracle(from_dict({"tuner": "asha"})).sampler
+    assert isinstance(sampler, ModelSampler) and sampler.cost({"start_neurons": 32, "net_depth": 3}) > \
+        sampler.cost({"start_neurons": 16, "net_depth": 3})
+    assert make_oracle(from_dict({"tuner": "asha", "sampler": "random"})).sampler is None
