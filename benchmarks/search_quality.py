@@ -1,27 +1,40 @@
 #!/usr/bin/env python3
-"""Search quality: best val_f1 against wall time for hyperband, asha, bayesian and random.
+"""Search quality on real pages: each tuner against a hand-picked U-Net, at equal CPU budget.
 
-Not part of the test run. From the repository root, in the project's virtualenv (needs matplotlib):
+Not part of the test run. Needs the real-page set (benchmarks/real_pages.py; its Debian manuals
+installed) and matplotlib. From the repository root, in the project's virtualenv:
 
-    python benchmarks/search_quality.py                          # 4 tuners x 210 s (~15 min on 2 cores)
-    python benchmarks/search_quality.py --seconds 60 --tuners asha,random --plot /tmp/sq.png
+    python benchmarks/real_pages.py --out /tmp/real-pages
+    nice -n 5 python benchmarks/search_quality.py --data /tmp/real-pages --seeds 0,1,2 --json sq.json
 
-Every tuner gets the same budget: `--seconds` of wall time of `ktc local --workers 2` (the
-production chief and worker processes; each worker gets one TensorFlow thread of this machine's
-two cores), on the same fixed synthetic dataset (`ktc data synth`, seed 0) and the same small
-search space, with the same seed. When the time is up the launcher gets SIGINT (as Ctrl-C): its
-workers hand back their running trials, which do not count. A trial counts when the chief wrote
-its `trial.json` (at EndTrial), at that file's modification time, measured from the launch (so
-process start-up, the same for every tuner, is inside the budget).
+Per seed, first the hand-picked configuration (start_neurons 16, net_depth 4, elu, batch norm
+before the activation, no dropout, Adam 1e-3, the weighted BCE, 25 epochs, 128 px) is trained
+once through the project: a chief and one worker (`ktc chief`, `ktc worker`, as `ktc local`
+starts them). Its CPU seconds (user + system of the chief and the worker, from their rusage)
+set the budget: every search then gets `--budget-factor` (3) times that, counted the same way
+over its chief and `--workers` (2) workers. Each TensorFlow process gets one thread, so CPU
+seconds measure work, not the spinning of threads that wait for a core. When a search has spent
+its budget its workers get SIGTERM (they hand back) and the chief after them; trials that ended
+before count, at the CPU seconds spent when their `trial.json` appeared.
 
-Tuner settings: every configuration may be trained up to `--max-epochs` (R = 9) epochs.
-hyperband: factor 3, iterations as many as fit; asha: rungs 1, 3, 9 epochs (r = 1, eta 3);
-random and bayesian: every trial trains R epochs, with kt-cluster's default median stopping rule
-(on for them). Trial budgets are set high enough that the wall time is the only limit.
+Searches (`--tuners`):
+- `default`: only what a user must set: `data.path`, `data.image_size` 128, `data.classes`, the
+  budget (`max_trials` 40 and `max_epochs` 27, one whole first Hyperband bracket:
+  `--default-trials`, `--default-max-epochs`) and the seed; everything else is the config's
+  default (tuner hyperband, space, score).
+- `asha-model`: `tuner: asha` with only the budget set besides (`max_trials` 13, `max_epochs` 27:
+  `--asha-trials`, `--asha-max-epochs`): the model-based, cost-aware sampler and first rung
+  derived from the budget, which are asha's defaults;
+- `random`, `bayesian`: the default space, every trial `--epochs` epochs, the median stopping
+  rule (their default);
+- `hyperband`: the default space, max_epochs `--epochs`;
+- `asha`: random configurations, rungs of 1, 3, 9, 25 epochs (`min_epochs: 1`, `sampler: random`).
+A trial's score follows the config's `score_window` for every search alike.
 
-Prints, per tuner, trials ended, epochs trained, best val_f1 at 25/50/75/100% of the budget, and
-plots the best-so-far curves to `--plot` (default docs/search_quality.png). One run per tuner, one
-seed: differences of a few hundredths are within run-to-run noise.
+A search's result is the score of its best trial (the chief's: the best mean of `score_window`
+consecutive epochs); the hand-picked one's is reported both as its single best epoch
+(keras-tuner's rule, the higher one) and by the same window rule. Prints a table per seed and a
+summary, writes the JSON and plots best score against CPU seconds per tuner and seed.
 """
 
 from __future__ import annotations
@@ -29,83 +42,234 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-TUNERS = ("hyperband", "asha", "bayesian", "random")
-CLASSES = ["table_number", "stamp", "signature"]
-COLOURS = {"hyperband": "tab:blue", "asha": "tab:red", "bayesian": "tab:green", "random": "tab:grey"}
+TUNERS = ("default", "asha-model", "random", "hyperband", "bayesian", "asha")
+COLOURS = {"default": "tab:red", "asha-model": "tab:purple", "asha": "tab:orange", "hyperband": "tab:blue", "bayesian": "tab:green",
+           "random": "tab:grey", "handpicked": "black"}
+POLL_SECONDS = 1.0
+STOP_GRACE_SECONDS = 60.0
 
 
-def config_for(tuner: str, args, data: Path, results: Path) -> dict:
-    return {
-        "search_id": f"quality-{tuner}", "tuner": tuner, "seed": args.seed,
-        "max_trials": 500, "max_epochs": args.max_epochs, "min_epochs": 1, "epochs": args.max_epochs,
-        "hyperband_factor": 3, "hyperband_iterations": 20, "batch_size": 8,
-        "data": {"path": str(data), "image_size": args.image_size, "classes": CLASSES},
-        "results": str(results),
-        "space": {"start_neurons": {"min": 8, "max": 32, "step": 8}, "net_depth": {"min": 2, "max": 4},
-                  "activation": ["relu", "elu", "mish"], "dropout": True, "bn_after_act": True},
-    }
+def window_best(values: list[float], window: int) -> float:
+    from kt_cluster.core.scoring import best_window
+
+    found = best_window(values, window)
+    return found[0] if found else float("nan")
 
 
-def run_tuner(tuner: str, args, data: Path, workdir: Path) -> dict:
-    where = workdir / tuner
-    where.mkdir(parents=True)
-    results = where / "results"
-    config = config_for(tuner, args, data, results)
-    (where / "search.yaml").write_text(yaml.safe_dump(config))
-    log = open(where / "ktc-local.log", "wb")
-    started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "kt_cluster", "local", "--workers", str(args.workers), "--quiet",
-                             "--config", str(where / "search.yaml")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), start_new_session=True)
+def base_config(args, seed: int, results: Path) -> dict:
+    return {"seed": seed, "results": str(results),
+            "data": {"path": str(args.data), "image_size": args.image_size, "classes": args.classes}}
+
+
+def handpicked_config(args, seed: int, results: Path) -> dict:
+    return base_config(args, seed, results) | {
+        "search_id": "handpicked", "tuner": "random", "max_trials": 1, "epochs": args.epochs,
+        "early_stopping": False, "learning_rate": 1e-3, "score_window": 1,
+        "space": {"start_neurons": {"min": 16, "max": 16, "step": 16}, "net_depth": {"min": 4, "max": 4},
+                  "dropout": False, "bn_after_act": False, "activation": ["elu"], "loss": ["weighted_bce"]}}
+
+
+def search_config(tuner: str, args, seed: int, results: Path) -> dict:
+    config = base_config(args, seed, results) | {"search_id": f"quality-{tuner}"}
+    if tuner == "default":
+        return config | {"max_trials": args.default_trials, "max_epochs": args.default_max_epochs}
+    if tuner == "asha-model":
+        return config | {"tuner": "asha", "max_trials": args.asha_trials, "max_epochs": args.asha_max_epochs}
+    config |= {"tuner": tuner, "max_trials": 500}
+    if tuner in ("random", "bayesian"):
+        return config | {"epochs": args.epochs}
+    if tuner == "hyperband":
+        return config | {"max_epochs": args.epochs, "hyperband_iterations": 10}
+    if tuner == "asha":
+        return config | {"max_epochs": args.epochs, "min_epochs": 1, "sampler": "random"}
+    raise ValueError(f"unknown tuner {tuner!r}")
+
+
+class Cluster:
+    """A chief and workers as `ktc local` starts them, with their CPU seconds counted."""
+
+    def __init__(self, config: dict, workers: int, where: Path):
+        where.mkdir(parents=True, exist_ok=True)
+        self.where = where
+        self.config_path = where / "search.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        token = where / "token"
+        token.write_text(secrets.token_urlsafe(32))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
+                   PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+        common = ["--config", str(self.config_path), "--auth-token-file", str(token)]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.cpu: dict[str, float] = {}
+        self._spawn("chief", ["chief", *common, "--metrics-port", "0"], dict(env, KERASTUNER_TUNER_ID="chief"))
+        for i in range(workers):
+            self._spawn(f"worker-{i}", ["worker", *common, "--metrics-port", "0", "--threads", "1"],
+                        dict(env, KERASTUNER_TUNER_ID=f"worker-{i}"))
+
+    def _spawn(self, name: str, args: list[str], env: dict) -> None:
+        with open(self.where / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "kt_cluster", *args], env=env, cwd=REPO,
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cpu[name] = 0.0
+
+    def cpu_seconds(self) -> float:
+        """User + system seconds of every process: live ones from /proc, ended ones from rusage."""
+        import psutil
+
+        for name, proc in self.procs.items():
+            if proc.returncode is not None:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                self.cpu[name] = usage.ru_utime + usage.ru_stime
+                continue
+            try:
+                times = psutil.Process(proc.pid).cpu_times()
+                self.cpu[name] = times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                pass
+        return sum(self.cpu.values())
+
+    def chief_done(self) -> bool:
+        self.cpu_seconds()
+        return self.procs["chief"].returncode is not None
+
+    def stop(self) -> None:
+        """As `ktc local` on Ctrl-C: workers first (they hand back), then the chief."""
+        groups = [[p for n, p in self.procs.items() if n != "chief"], [self.procs["chief"]]]
+        for group in groups:
+            for proc in group:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while any(p.returncode is None for p in group) and time.monotonic() < deadline:
+                self.cpu_seconds()
+                time.sleep(0.2)
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        while any(p.returncode is None for p in self.procs.values()):
+            self.cpu_seconds()
+            time.sleep(0.1)
+
+
+def run(config: dict, workers: int, where: Path, budget: float | None) -> dict:
+    """Run one search to its end or its CPU budget; its trials with the CPU seconds at their end."""
+    cluster = Cluster(config, workers, where)
+    trial_dir = Path(config["results"]) / config["search_id"]
+    seen: dict[str, dict] = {}
+    over_budget = False
     try:
-        proc.wait(timeout=args.seconds)
-        finished = True  # the search ended by itself within the budget
-    except subprocess.TimeoutExpired:
-        finished = False
-        proc.send_signal(signal.SIGINT)  # as Ctrl-C: workers hand back, everything stops
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log.close()
-    if finished and proc.returncode != 0:
-        chief_log = results / config["search_id"] / "local" / "chief.log"
-        tail = chief_log.read_text(errors="replace").splitlines()[-5:] if chief_log.exists() else []
-        print(f"{tuner}: the search FAILED (ktc local exit {proc.returncode}); chief log ends:\n  "
-              + "\n  ".join(tail), flush=True)
-    trials = []
-    for path in (results / config["search_id"]).glob("trial_*/trial.json"):
-        state = json.loads(path.read_text())
-        when = path.stat().st_mtime - started
-        if state.get("status") != "COMPLETED" or state.get("score") is None or when > args.seconds:
-            continue
-        observations = state["metrics"]["metrics"].get("val_f1", {}).get("observations", [])
-        trials.append({"trial_id": state["trial_id"], "t": when, "score": state["score"], "epochs": len(observations),
-                       "hps": {k: v for k, v in state["hyperparameters"]["values"].items()}})
-    trials.sort(key=lambda t: t["t"])
-    best, curve = float("-inf"), []
+        while True:
+            done = cluster.chief_done()
+            spent = cluster.cpu_seconds()
+            for path in sorted(trial_dir.glob("trial_*/trial.json")):
+                if path.parent.name not in seen:
+                    seen[path.parent.name] = {"cpu": spent, **_trial(path)}
+            if done:
+                break
+            if budget is not None and spent >= budget:
+                over_budget = True
+                break
+            time.sleep(POLL_SECONDS)
+    finally:
+        cluster.stop()
+    trials = sorted((t for t in seen.values() if t["status"] == "COMPLETED" and t["score"] is not None),
+                    key=lambda t: t["cpu"])
+    return {"cpu": cluster.cpu_seconds(), "over_budget": over_budget, "exit": cluster.procs["chief"].returncode,
+            "trials": trials}
+
+
+def _trial(path: Path) -> dict:
+    state = json.loads(path.read_text())
+    history = [o["value"][0] for o in state["metrics"]["metrics"].get("val_f1", {}).get("observations", [])]
+    values = state["hyperparameters"]["values"]
+    return {"trial_id": state["trial_id"], "status": state["status"], "score": state["score"], "val_f1": history,
+            "hps": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+            "epochs": values.get("tuner/epochs", len(history)), "promoted": "tuner/trial_id" in values}
+
+
+def curve(trials: list[dict]) -> list[tuple[float, float]]:
+    best, points = float("-inf"), []
     for t in trials:
         if t["score"] > best:
             best = t["score"]
-        curve.append((t["t"], best))
-    marks = {}
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        marks[int(frac * 100)] = max((b for w, b in curve if w <= frac * args.seconds), default=None)
-    first = trials[0]["t"] if trials else None
-    return {"tuner": tuner, "trials": len(trials), "epochs": sum(t["epochs"] for t in trials),
-            "promoted": sum(1 for t in trials if "tuner/trial_id" in t["hps"]),
-            "best": best if trials else None, "marks": marks, "curve": curve, "first_result_s": first,
-            "finished_early": finished, "exit_code": proc.returncode, "best_trial": max(trials, key=lambda t: t["score"]) if trials else None}
+            points.append((t["cpu"], best))
+    return points
+
+
+def run_seed(args, seed: int, workdir: Path) -> dict:
+    where = workdir / f"seed{seed}"
+    reused = args.reuse_handpicked / f"seed{seed}" / "handpicked" / "result.json" if args.reuse_handpicked else None
+    if reused is not None and reused.exists():
+        hand = json.loads(reused.read_text())
+        print(f"seed {seed}: hand-picked result of an earlier run on this machine: {reused}", flush=True)
+    else:
+        hand = run(handpicked_config(args, seed, where / "handpicked" / "results"), 1, where / "handpicked", None)
+        (where / "handpicked" / "result.json").write_text(json.dumps(hand))
+    if not hand["trials"]:
+        raise SystemExit(f"seed {seed}: the hand-picked training did not complete; see {where / 'handpicked'}")
+    history = hand["trials"][0]["val_f1"]
+    result = {"seed": seed, "handpicked": {"cpu": hand["cpu"], "best_epoch": max(history),
+                                           "window": window_best(history, args.score_window), "val_f1": history},
+              "budget": args.budget_factor * hand["cpu"], "searches": {}}
+    print(f"seed {seed}: hand-picked {hand['cpu']:.0f} CPU s, val_f1 best epoch {max(history):.3f}, "
+          f"best {args.score_window}-epoch mean {result['handpicked']['window']:.3f}; budget "
+          f"{result['budget']:.0f} CPU s", flush=True)
+    for tuner in args.tuners:
+        config = search_config(tuner, args, seed, where / tuner / "results")
+        r = run(config, args.workers, where / tuner, result["budget"])
+        best = max(r["trials"], key=lambda t: t["score"]) if r["trials"] else None
+        result["searches"][tuner] = {"cpu": r["cpu"], "over_budget": r["over_budget"], "exit": r["exit"],
+                                     "trials": len(r["trials"]), "best": best["score"] if best else None,
+                                     "best_trial": best, "curve": curve(r["trials"]),
+                                     "epochs": sum(len(t["val_f1"]) for t in r["trials"])}
+        s = result["searches"][tuner]
+        print(f"seed {seed}: {tuner:<10} {s['trials']:3d} trials, {s['epochs']:4d} epochs, {r['cpu']:6.0f} CPU s, "
+              f"best {s['best'] if s['best'] is not None else float('nan'):.3f}"
+              + (f"  ({best['hps']}, {len(best['val_f1'])} epochs)" if best else ""), flush=True)
+    return result
+
+
+def report(results: list[dict], args) -> str:
+    lines = [f"| seed | hand-picked CPU s | hand-picked val_f1 (best epoch / best {args.score_window}-epoch mean) | "
+             "budget CPU s | "
+             + " | ".join(args.tuners) + " |", "|---" * (4 + len(args.tuners)) + "|"]
+    for r in results:
+        h = r["handpicked"]
+        cells = []
+        for tuner in args.tuners:
+            s = r["searches"][tuner]
+            best = f"{s['best']:.3f}" if s["best"] is not None else "-"
+            cells.append(f"{best} ({s['trials']} trials, {s['cpu']:.0f} s)")
+        lines.append(f"| {r['seed']} | {h['cpu']:.0f} | {h['best_epoch']:.3f} / {h['window']:.3f} | "
+                     f"{r['budget']:.0f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| tuner | median best | median margin over the hand-picked best epoch | seeds won (of "
+                 f"{len(results)}) |")
+    lines.append("|---|---|---|---|")
+    for tuner in args.tuners:
+        bests = [r["searches"][tuner]["best"] or 0.0 for r in results]
+        margins = [b - r["handpicked"]["best_epoch"] for b, r in zip(bests, results)]
+        lines.append(f"| {tuner} | {statistics.median(bests):.3f} | {statistics.median(margins):+.3f} | "
+                     f"{sum(m > 0 for m in margins)} |")
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], args, path: Path) -> None:
@@ -114,21 +278,24 @@ def plot(results: list[dict], args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=120)
-    for r in results:
-        if not r["curve"]:
-            continue
-        xs = [0.0] + [w for w, _ in r["curve"]] + [args.seconds]
-        ys = [None] + [b for _, b in r["curve"]] + [r["curve"][-1][1]]
-        xs, ys = zip(*[(x, y) for x, y in zip(xs, ys) if y is not None])
-        ax.step(xs, ys, where="post", label=f"{r['tuner']} ({r['trials']} trials, {r['epochs']} epochs)",
-                color=COLOURS.get(r["tuner"]), linewidth=2)
-    ax.set_xlim(0, args.seconds)
-    ax.set_xlabel(f"wall time since launch (s), ktc local --workers {args.workers} on {os.cpu_count()} CPU cores")
-    ax.set_ylabel("best val_f1 so far")
-    ax.set_title(f"Search quality: same {args.seconds:.0f} s budget, same space, seed {args.seed}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), dpi=110, squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], results):
+        for tuner in args.tuners:
+            points = r["searches"][tuner]["curve"]
+            if points:
+                xs = [0.0] + [x for x, _ in points] + [r["budget"]]
+                ys = [0.0] + [y for _, y in points] + [points[-1][1]]
+                ax.step(xs, ys, where="post", color=COLOURS.get(tuner), linewidth=2, label=tuner)
+        h = r["handpicked"]
+        ax.axhline(h["best_epoch"], color="black", linestyle="--", linewidth=1, label="hand-picked (best epoch)")
+        ax.axhline(h["best_epoch"] + 0.10, color="black", linestyle=":", linewidth=1, label="hand-picked + 0.10")
+        ax.axvline(h["cpu"], color="grey", linewidth=0.8)
+        ax.set_xlim(0, r["budget"])
+        ax.set_title(f"seed {r['seed']}: budget {r['budget']:.0f} CPU s")
+        ax.set_xlabel("CPU seconds of the search (chief + workers)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best val_f1 so far")
+    axes[0][-1].legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -136,58 +303,51 @@ def plot(results: list[dict], args, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=False, help="the real-page set (benchmarks/real_pages.py --out)")
+    p.add_argument("--classes", default="heading,code,furniture")
     p.add_argument("--tuners", default=",".join(TUNERS))
-    p.add_argument("--seconds", type=float, default=210.0, help="wall-time budget per tuner")
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-epochs", type=int, default=9)
-    p.add_argument("--count", type=int, default=128, help="synthetic scans (75%% train)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None, help="default: a fresh directory under /tmp")
-    p.add_argument("--plot", default=str(REPO / "docs" / "search_quality.png"))
-    p.add_argument("--json", help="also write the results here")
-    p.add_argument("--replot", metavar="JSON", help="only redraw the plot from a previous run's --json")
+    p.add_argument("--epochs", type=int, default=25, help="of the hand-picked training (and the others' longest)")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--budget-factor", type=float, default=3.0)
+    p.add_argument("--default-trials", type=int, default=40, help="max_trials of the default search")
+    p.add_argument("--default-max-epochs", type=int, default=27, help="max_epochs of the default search")
+    p.add_argument("--asha-trials", type=int, default=13, help="max_trials of the asha-model search")
+    p.add_argument("--asha-max-epochs", type=int, default=27,
+                   help="max_epochs of the asha-model search: with max_trials, its rungs")
+    p.add_argument("--reuse-handpicked", type=Path, metavar="WORKDIR",
+                   help="take each seed's hand-picked result from an earlier --workdir (its result.json)")
+    p.add_argument("--score-window", type=int, default=3, help="as the config's default score_window")
+    p.add_argument("--workdir", type=Path, default=None, help="default: a fresh directory under /tmp")
+    p.add_argument("--plot", type=Path, default=REPO / "docs" / "search-quality.png")
+    p.add_argument("--json", type=Path, help="also write every result here")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the plot and table from a --json")
     args = p.parse_args()
+    args.tuners = [t for t in args.tuners.split(",") if t]
+    args.classes = args.classes.split(",")
     if args.replot:
-        plot(json.loads(Path(args.replot).read_text()), args, Path(args.plot))
-        print(f"plot: {args.plot}")
+        results = json.loads(args.replot.read_text())
+        args.tuners = list(results[0]["searches"])
+        print(report(results, args))
+        plot(results, args, args.plot)
         return 0
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("search_quality: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+    if args.data is None or not (args.data / "classes.txt").exists():
+        print("search_quality: --data must be a real-page set (python benchmarks/real_pages.py --out DIR)",
+              file=sys.stderr)
         return 2
-    import tempfile
-
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ktc-quality-"))
-    data = workdir / "data"
-    if not (data / "classes.txt").exists():
-        subprocess.run([sys.executable, "-m", "kt_cluster", "data", "synth", "--out", str(data), "--count", str(args.count),
-                        "--size", str(args.image_size), "--classes", ",".join(CLASSES), "--seed", "0"],
-                       cwd=REPO, check=True, capture_output=True)
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} cores, load average {load[0]:.2f}; {args.count} scans of {args.image_size} px; "
-          f"budget {args.seconds:.0f} s per tuner; work in {workdir}", flush=True)
+    args.data = args.data.resolve()
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ktc-quality-"))).resolve()
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; data {args.data}; work in {workdir}",
+          flush=True)
     results = []
-    for tuner in args.tuners.split(","):
-        r = run_tuner(tuner, args, data, workdir)
-        results.append(r)
-        marks = "  ".join(f"{k}%: {v:.4f}" if v is not None else f"{k}%: -" for k, v in r["marks"].items())
-        print(f"{tuner:<10} {r['trials']:3d} trials ({r['promoted']} promoted), {r['epochs']:4d} epochs, "
-              f"first result at {r['first_result_s'] or float('nan'):.0f} s; best val_f1 {marks}", flush=True)
-    print("\n| tuner | trials ended | epochs trained | best val_f1 at 25% | 50% | 75% | 100% of the budget |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        cells = " | ".join(f"{v:.3f}" if v is not None else "-" for v in r["marks"].values())
-        print(f"| {r['tuner']} | {r['trials']} | {r['epochs']} | {cells} |")
-    for r in results:
-        if r["best_trial"]:
-            hps = {k: v for k, v in r["best_trial"]["hps"].items() if not k.startswith("tuner/")}
-            print(f"best {r['tuner']}: trial {r['best_trial']['trial_id']} ({r['best_trial']['epochs']} epochs) {hps}")
-    plot(results, args, Path(args.plot))
+    for seed in (int(s) for s in args.seeds.split(",")):
+        results.append(run_seed(args, seed, workdir))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    print(report(results, args))
+    plot(results, args, args.plot)
     print(f"plot: {args.plot}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
