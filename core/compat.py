@@ -276,8 +276,9 @@ class OracleSeam:
 
     It names the state and hooks keras-tuner keeps private, and replaces some of keras-tuner's
     code with faster copies that give the same results (each tested against keras-tuner's own):
-    `score_trial`, sampling (`_random_values`), the consecutive-failure check, the search-space
-    copy (`SearchSpace`), `apply_metrics` (the heart of `update_trial`) and `best_trials`."""
+    `score_trial` (with a `score_window` of 1; a longer window is the project's own score),
+    sampling (`_random_values`), the consecutive-failure check, the search-space copy
+    (`SearchSpace`), `apply_metrics` (the heart of `update_trial`) and `best_trials`."""
 
     # Directions the config declares for a hypermodel's own metrics (`metric_directions`).
     metric_directions: Mapping[str, str] = MappingProxyType({})
