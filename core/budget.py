@@ -8,10 +8,12 @@ trials; ASHA needs `eta` results at a rung for each promotion, so its top rung n
 value to set, before any trial runs (the chief logs them and serves them in its status, which
 `ktc status` and `ktc local` show).
 
-`asha_min_epochs` derives ASHA's first rung from the budget when `min_epochs` is left unset: the
-longest first rung that still lets `max_trials` carry a configuration to `max_epochs`, with at
-most `MAX_PROMOTIONS` promotions: rung 0 then trains long enough to be informative (a U-Net at
-one epoch has rarely started to find small objects, so one-epoch scores rank by noise).
+`asha_min_epochs` derives ASHA's first rung from the budget when `min_epochs` is left unset:
+`max_epochs / eta**k` for the most promotions k that `max_trials` can pay for, but never more
+than `MAX_PROMOTIONS`, so rung 0 trains at least `max_epochs / eta**2` epochs and is more
+likely to be informative (a U-Net at one epoch has rarely started to find small objects, so
+one-epoch scores rank by noise); a budget too small for any promotion trains every trial for
+`max_epochs`.
 """
 
 from __future__ import annotations

@@ -188,8 +188,9 @@ class SearchConfig(_Model):
     max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
     min_epochs: int | None = Field(None, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
                                                            "hyperband_factor**k, up to max_epochs); null: derived "
-                                                           "from max_trials and max_epochs, the longest first rung "
-                                                           "that still lets the budget carry a trial to max_epochs.")
+                                                           "from the budget, max_epochs / hyperband_factor**k for "
+                                                           "the most promotions k, at most 2, that max_trials "
+                                                           "pays for.")
     epochs: int = Field(2, ge=1, description="Bayesian, random: epochs of every trial.")
     hyperband_factor: int = Field(3, ge=2, description="Hyperband's reduction factor (also asha's eta).")
     hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")
