@@ -19,6 +19,7 @@ faster copies of its code are `kt_cluster.core.compat.OracleSeam`.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -32,19 +33,33 @@ from kt_cluster.chief.events import Events
 from kt_cluster.chief.leases import LeaseTable
 from kt_cluster.chief.ongoing import OngoingTrials
 from kt_cluster.chief.persistence import JournalMapping
+from kt_cluster.chief.state import JournalWriteError
 from kt_cluster.core import compat
 from kt_cluster.core.atomic_files import atomic_write
 
 TrialStatus = trial_module.TrialStatus
 REASON_CHARS = 200  # of an error message, as a metric label
+log = logging.getLogger("ktc.chief")
 
 
-class UnknownTrial(KeyError):
+class Refused(Exception):
+    """A call the oracle turned down before it changed anything."""
+
+
+class UnknownTrial(Refused, KeyError):
     """A request names a trial id the chief never created."""
 
 
-class NotHolder(RuntimeError):
+class NotHolder(Refused, RuntimeError):
     """The caller no longer holds this trial's lease (it was requeued or taken over)."""
+
+
+class Invalid(Refused, ValueError):
+    """A request the oracle cannot take as it is (the objective missing, a changed hyperparameter)."""
+
+
+class StateLost(RuntimeError):
+    """The oracle could not be put back to what its journal says: the chief must stop."""
 
 
 def guarded(method: Callable) -> Callable:
@@ -53,33 +68,57 @@ def guarded(method: Callable) -> Callable:
     The outermost call also writes the journal records it made in one go, before it returns (the
     same durability as one write per record, with fewer system calls made while holding the lock),
     then, after releasing the lock, the trial files it produced: every system call under the lock
-    lets the other threads that need it (the lease loop, metrics scrapes) run into it and sleep."""
+    lets the other threads that need it (the lease loop, metrics scrapes) run into it and sleep.
+
+    A call either happens whole or not at all: when it raises anything but `Refused` (which is
+    raised before any change), or its records cannot be written (a full disk), its records are
+    dropped and the oracle is reloaded from the journal, so the error its caller gets means
+    nothing happened."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         files: list[tuple[str, str]] = []
-        try:
-            with self.cluster_lock:
-                depth = self.__dict__.get("_guard_depth", 0)
-                self._guard_depth = depth + 1
-                journal = self.__dict__.get("journal") if depth == 0 else None
-                if journal is not None:
-                    journal.hold()
+        with self.cluster_lock:
+            if self.__dict__.get("lost") is not None:
+                raise StateLost(self.lost)
+            depth = self.__dict__.get("_guard_depth", 0)
+            self._guard_depth = depth + 1
+            journal = self.__dict__.get("journal") if depth == 0 else None
+            if journal is not None:
+                journal.hold()
+            failed = True
+            try:
+                result = method(self, *args, **kwargs)
+                failed = False
+            except Refused:
+                failed = journal is not None and journal.holding()
+                raise
+            finally:
+                self._guard_depth = depth
                 try:
-                    return method(self, *args, **kwargs)
-                finally:
-                    self._guard_depth = depth
-                    try:
-                        if journal is not None:
-                            files, self._pending_files = self._pending_files, []
+                    if journal is not None:
+                        if failed:
+                            journal.discard()
                             journal.release()
-                    finally:
-                        # Only the outermost call may repair: inner ones run inside keras-tuner's lock.
-                        if depth == 0:
-                            compat.repair_lock(self)
-        finally:
-            for path, text in files:
+                            self._roll_back()
+                        else:
+                            files, self._pending_files = self._pending_files, []
+                            try:
+                                journal.release()
+                            except JournalWriteError:
+                                files = []
+                                self._roll_back()
+                                raise
+                finally:
+                    # Only the outermost call may repair: inner ones run inside keras-tuner's lock.
+                    if depth == 0:
+                        compat.repair_lock(self)
+        for path, text in files:
+            try:
                 atomic_write(path, text, fsync=False, new_folder=True)
+            except OSError as exc:  # the journal has the trial; `ktc chief` writes missing files at start
+                log.warning("could not write %s: %s", path, exc)
+        return result
 
     return wrapper
 
@@ -122,10 +161,18 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         self.told_to_stop: set[str] = set()
         self.done = False
         self.failure: str | None = None
+        self.lost: str | None = None  # why the oracle no longer matches its journal (the chief stops)
 
     @guarded
     def restore(self) -> bool:
         return super().restore()
+
+    def _roll_back(self) -> None:
+        try:
+            self.reload()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the oracle cannot be trusted now
+            self.lost = f"could not reload the state after a failed call: {type(exc).__name__}: {exc}"
+            log.error("%s", self.lost)
 
     # --- the trial life cycle ----------------------------------------------------------------
 

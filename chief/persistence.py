@@ -7,24 +7,30 @@ of `oracle.json` on each call:
   running-trial map as changes;
 - `trial_changed` (keras-tuner's save of a trial) journals a created or ended trial whole, and an
   UpdateTrial only as what it added ("update" records, journaled by the oracle itself);
-- `restore()` replays a journal into the oracle, mending what a kill between records leaves;
+- `restore()` replays a journal into the oracle, mending what a kill between records leaves; it
+  changes nothing on disk (the journal goes on where it ended), and refuses a state it cannot
+  trust (`kt_cluster.chief.state.StateError`);
+- `reload()` puts the oracle back to what the journal says after a call whose records could not
+  be written (a full disk): the caller then answers with an error and nothing has happened;
 - `_compact()` folds the journal into a snapshot, reusing the JSON of ended trials;
 - `trial_<id>/trial.json`, keras-tuner's layout, is written once a trial has ended.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.chief.ongoing import OngoingTrials
-from kt_cluster.chief.state import Journal, Replayed, compact_json
+from kt_cluster.chief.state import Journal, Replayed, StateError, compact_json
 from kt_cluster.core import compat
 
 TrialStatus = trial_module.TrialStatus
 ENDED = (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
 SNAPSHOT_EVERY = 20_000  # journal records between compactions
+log = logging.getLogger("ktc.chief")
 
 
 class JournalMapping:
@@ -105,17 +111,49 @@ class JournalMapping:
     # --- restore and compaction --------------------------------------------------------------
 
     def restore(self) -> bool:
-        """Load the journal; running trials stay with their holders under a fresh lease."""
+        """Load the journal; running trials stay with their holders under a fresh lease. False
+        for a new search (nothing on disk). Nothing on disk changes here."""
         replayed = self.journal.load()
-        if replayed.oracle is None:
+        if replayed.oracle is None and not replayed.trials:
             return False
         self._restoring = True
         try:
-            self._apply_replayed(replayed)
+            try:
+                self._apply_replayed(replayed)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Records of the right shape whose content keras-tuner cannot take (a hyperparameter
+                # definition it does not know, ...).
+                raise StateError(self.journal.directory, f"a record keras-tuner cannot restore: "
+                                                         f"{type(exc).__name__}: {exc}") from None
         finally:
             self._restoring = False
-        self._compact()
+        self._after_replay(replayed)
         return True
+
+    def reload(self) -> None:
+        """The in-memory oracle as the journal on disk says (the truth), after a failed write."""
+        leases = {trial_id: self.leases.get(trial_id) for trial_id in list(self.leases._by_trial)}
+        self._ended_json.clear()
+        self._pending_files = []
+        self.restore()
+        for tuner_id, trial in self.ongoing_trials.items():
+            lease = leases.get(trial.trial_id)
+            if lease is not None and lease.tuner_id == tuner_id:
+                self.leases._by_trial[trial.trial_id] = lease  # the holder keeps its session and term
+        for trial_id in set(leases) - {t.trial_id for t in self.ongoing_trials.values()}:
+            self.leases.release(trial_id)
+        self.stop_requested &= set(self.trials)
+
+    def _after_replay(self, r: Replayed) -> None:
+        """What the journal holds, as the next `save()` compares against it."""
+        if r.oracle is not None:
+            self._journaled_space = r.oracle["hyperparameters"]
+        self._journaled_ongoing = dict(r.ongoing)
+        self._ongoing.take_changes()
+        # Running trials the replay dropped (ended, or queued again) leave the journal's map at the
+        # next save.
+        self._ongoing.changed |= set(r.ongoing) ^ set(self._ongoing) | {
+            t for t, trial in self._ongoing.items() if r.ongoing.get(t) != trial.trial_id}
 
     def _apply_replayed(self, r: Replayed) -> None:
         definitions: dict[str, Any] = {}
@@ -123,7 +161,10 @@ class JournalMapping:
         for trial_id, updates in r.updates.items():
             for metrics, step in updates:
                 self.apply_metrics(self.trials[trial_id], metrics, step)
-        self.restore_state(r.oracle, ongoing=r.ongoing, start_order=list(r.trials), end_order=r.end_order,
+        # A state rebuilt from trial files alone has no oracle record: the oracle's settings (its
+        # search space, seed) are the ones it was just built with from the config.
+        oracle = r.oracle if r.oracle is not None else self._small_state()
+        self.restore_state(oracle, ongoing=r.ongoing, start_order=list(r.trials), end_order=r.end_order,
                            run_times=r.run_times)
         self._ended = set(self.end_order)
         if self.stopping_rule is not None:
@@ -171,4 +212,7 @@ class JournalMapping:
 
     def _maybe_compact(self) -> None:
         if self.journal.records >= SNAPSHOT_EVERY:
-            self._compact()
+            try:
+                self._compact()
+            except OSError as exc:  # a full disk: the journal goes on; the next call tries again
+                log.warning("could not compact the journal into a snapshot: %s", exc)

@@ -220,7 +220,8 @@ def test_journals_that_saved_the_whole_running_map_still_replay():
     from kt_cluster.chief.state import Replayed
 
     replayed = Replayed()
-    replayed.apply({"oracle": {"ongoing_trials": {"w0": "00", "w1": "01"}, "seed": 1}})
+    space = {"space": [], "values": {}}
+    replayed.apply({"oracle": {"ongoing_trials": {"w0": "00", "w1": "01"}, "seed": 1, "hyperparameters": space}})
     replayed.apply({"oracle": {"seed": 1}, "ongoing_set": {"w2": "02"}, "ongoing_drop": ["w0"]})
-    assert replayed.ongoing == {"w1": "01", "w2": "02"} and replayed.oracle == {"seed": 1}
+    assert replayed.ongoing == {"w1": "01", "w2": "02"} and replayed.oracle == {"seed": 1, "hyperparameters": space}
     assert Replayed.from_snapshot(replayed.to_snapshot()).ongoing == replayed.ongoing
