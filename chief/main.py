@@ -13,8 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
 from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
@@ -24,6 +22,7 @@ from kt_cluster.core import summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.metrics_http import MetricsServer
 from kt_cluster.core.neptune_tracking import NeptuneTracker
 from kt_cluster.core.tuner import build_tuner
 
@@ -49,6 +48,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
                          config.early_stopping_on, events=metrics, score_window=config.score_window)
     if oracle.restore():
         log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
+        oracle.write_missing_trial_files()
         if oracle.done:
             print(f"chief: search {config.search_id} was already complete ({len(oracle.trials)} trials); "
                   f"its results are in {config.search_dir}", flush=True)
@@ -63,7 +63,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     # before serving leaves the collector only the search's own objects.
     gc.collect()
     gc.freeze()
-    http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
+    http_server = MetricsServer(metrics.registry, metrics_port)
     warnings = budget_warnings(config)
     for warning in warnings:
         log.warning("budget: %s", warning)
@@ -75,8 +75,14 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     try:
         while not oracle.done and not terminated.wait(TICK_SECONDS):
-            for trial_id in oracle.expire_leases():
-                log.warning("lease of trial %s expired: requeued", trial_id)
+            if oracle.lost:
+                print(f"chief: stopping: {oracle.lost}", flush=True)
+                return 5
+            try:
+                for trial_id in oracle.expire_leases():
+                    log.warning("lease of trial %s expired: requeued", trial_id)
+            except OSError as exc:  # a full disk: rolled back; the next tick tries again
+                log.warning("could not requeue expired leases: %s", exc)
         if terminated.is_set():
             return 0  # state is on disk; a restarted chief resumes
         _drain(oracle, drain_seconds)
@@ -99,7 +105,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         return 1 if oracle.failure else 0
     finally:
         server.stop(grace=2)
-        http_server.shutdown()
+        http_server.stop()
         oracle.journal.close()
 
 

@@ -19,6 +19,7 @@ of `oracle.json` on each call:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from keras_tuner.engine import trial as trial_module
@@ -26,6 +27,7 @@ from keras_tuner.engine import trial as trial_module
 from kt_cluster.chief.ongoing import OngoingTrials
 from kt_cluster.chief.state import Journal, Replayed, StateError, compact_json
 from kt_cluster.core import compat
+from kt_cluster.core.atomic_files import atomic_write
 
 TrialStatus = trial_module.TrialStatus
 ENDED = (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
@@ -108,6 +110,16 @@ class JournalMapping:
         # the chief's record, and a killed process loses nothing the kernel already holds.
         self._pending_files.append((self.trial_file(trial.trial_id), text))
 
+    def write_missing_trial_files(self) -> None:
+        """`trial.json` of every ended trial that lacks one (its write failed: a full disk)."""
+        for trial_id in self.end_order:
+            path = self.trial_file(trial_id)
+            if not os.path.exists(path):
+                self._write_trial_file(self.trials[trial_id])
+        files, self._pending_files = self._pending_files, []
+        for path, text in files:
+            atomic_write(path, text, fsync=False, new_folder=True)
+
     # --- restore and compaction --------------------------------------------------------------
 
     def restore(self) -> bool:
@@ -167,6 +179,10 @@ class JournalMapping:
         self.restore_state(oracle, ongoing=r.ongoing, start_order=list(r.trials), end_order=r.end_order,
                            run_times=r.run_times)
         self._ended = set(self.end_order)
+        running = {trial.trial_id for trial in self.ongoing_trials.values()}
+        for trial_id, trial in self.trials.items():  # created, yet neither running nor ended (rebuilt)
+            if trial.status == TrialStatus.IDLE and trial_id not in running and trial_id not in self.retry_queue:
+                self.retry_queue.append(trial_id)
         if self.stopping_rule is not None:
             for trial in self.trials.values():
                 if trial.status == TrialStatus.COMPLETED:

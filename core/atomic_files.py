@@ -23,7 +23,8 @@ def temporary_name(path: str) -> str:
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, fsync: bool = True, new_folder: bool = False) -> None:
-    """Write `data` as the whole content of `path`, creating missing folders.
+    """Write `data` as the whole content of `path`, creating missing folders; on failure neither
+    `path` nor a temporary file changes or stays.
 
     `new_folder` says the file's folder is most likely missing (a trial's): making it first saves
     the failed open. Plain `os` calls on string paths: the chief writes a `trial.json` per trial
@@ -43,14 +44,21 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, fsync: bool = True,
         os.makedirs(folder, exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
-        view = memoryview(data.encode() if isinstance(data, str) else data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data.encode() if isinstance(data, str) else data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave no half-written temporary file behind
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 @contextlib.contextmanager

@@ -6,6 +6,11 @@ ktc worker   a trial runner (many per search)
 ktc data     dataset tools (`ktc data synth`)
 ktc status   progress of a running search, from its chief
 ktc results  summary and export of a finished (or running) search, from its results directory
+ktc state    check or rebuild a search's state (the chief's journal) on disk
+
+Exit codes: 0 done; 1 the search failed; 2 a bad argument, config, token file or dataset;
+3 the search's state on disk cannot be trusted (the chief refuses to start; `ktc state`);
+4 another chief serves the search; 5 the system refused (a full disk, a port in use).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
 DEFAULT_WORKER_METRICS_PORT = 9101
 DATA_POLL_SECONDS = 5.0
+EXIT_STATE = 3  # the state on disk cannot be trusted
+EXIT_LOCKED = 4  # another chief serves this search
+EXIT_SYSTEM = 5  # a full disk, a port in use, ...
 
 
 def _search_flags(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +99,20 @@ def oracle_address(default_ip: str) -> tuple[str, int]:
     return ip, int(port)
 
 
+def search_folder(config: SearchConfig) -> Path:
+    return config.search_dir
+
+
+def recovery_hint(args: argparse.Namespace) -> str:
+    flags = f" --config {args.config}" if getattr(args, "config", None) else ""
+    return (f"nothing was changed; `ktc state check{flags}` says what is wrong, `ktc state rebuild{flags}` "
+            "rebuilds the state from its valid records and the trial files (keeping the old files aside)")
+
+
 def cmd_chief(args: argparse.Namespace) -> int:
     from kt_cluster.core.dataset import check_dataset
+    from kt_cluster.chief import recovery
+    from kt_cluster.chief.lock import ChiefLock
 
     config, token = search_config(args), read_token(args)
     ip, port = oracle_address("0.0.0.0")
@@ -103,12 +123,19 @@ def cmd_chief(args: argparse.Namespace) -> int:
             parse_target(args.scale_workers_on_exit)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-    # Before TensorFlow loads: a broken dataset fails here in a second, not trial by trial.
+    # Before TensorFlow loads: one chief per search, a state it can trust, and a dataset that
+    # reads (a broken one fails here in a second, not trial by trial).
+    lock = ChiefLock(search_folder(config))
+    lock.acquire()
+    print(f"chief: state: {recovery.preflight(search_folder(config)).line()}", flush=True)
     print(f"chief: {check_dataset(config.data_dir, config.data.classes)}", flush=True)
     from kt_cluster.chief.main import run_chief
 
-    return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
-                     scale_workers=args.scale_workers_on_exit)
+    try:
+        return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
+                         scale_workers=args.scale_workers_on_exit)
+    finally:
+        lock.release()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -184,6 +211,35 @@ def cmd_results(args: argparse.Namespace) -> int:
                         plot_file=Path(args.plot) if args.plot else None)
 
 
+def cmd_state_check(args: argparse.Namespace) -> int:
+    from kt_cluster.chief import recovery
+
+    folder = search_folder(search_config(args))
+    print(f"ktc state check: {folder}: {recovery.check(folder).line()}")
+    return 0
+
+
+def cmd_state_rebuild(args: argparse.Namespace) -> int:
+    from kt_cluster.chief import recovery
+    from kt_cluster.chief.lock import ChiefLock
+
+    folder = search_folder(search_config(args))
+    lock = ChiefLock(folder)
+    lock.acquire()  # no chief may serve the search meanwhile
+    try:
+        rebuilt = recovery.rebuild(folder) if not args.dry_run else recovery.collect(folder)
+    finally:
+        lock.release()
+    for note in rebuilt.notes:
+        print(f"  {note}")
+    trials = rebuilt.replayed.trials
+    if args.dry_run:
+        print(f"ktc state rebuild: would keep {len(trials)} trials (nothing written: --dry-run)")
+    else:
+        print(f"ktc state rebuild: kept {len(trials)} trials; the old state is in {rebuilt.aside}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ktc", description="kt-cluster: distributed keras-tuner searches.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -252,6 +308,18 @@ def parser() -> argparse.ArgumentParser:
     _auth_flags(status)
     status.set_defaults(func=cmd_status)
 
+    state = sub.add_parser("state", help="check or rebuild a search's state on disk").add_subparsers(
+        dest="state_command", required=True)
+    state_check = state.add_parser("check", help="replay the state strictly, as the chief does before it starts "
+                                                 "(exit 3 when it cannot be trusted)")
+    _search_flags(state_check)
+    state_check.set_defaults(func=cmd_state_check)
+    state_rebuild = state.add_parser("rebuild", help="rebuild the state from the journal's valid records and the "
+                                                     "trial files; the old state is moved aside, never deleted")
+    _search_flags(state_rebuild)
+    state_rebuild.add_argument("--dry-run", action="store_true", help="report what would be kept, write nothing")
+    state_rebuild.set_defaults(func=cmd_state_rebuild)
+
     results = sub.add_parser("results", help="summary and export of a search's results")
     results.add_argument("--results", required=True, metavar="DIR",
                          help="the results directory (or one search's folder in it)")
@@ -272,11 +340,27 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # `ktc worker --processes` starts its children with the same flags
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from kt_cluster.chief.lock import Locked
+    from kt_cluster.chief.state import StateError
+
     try:
         return args.func(args)
     except (ConfigError, DatasetError) as exc:
         print(f"ktc {args.command}: {exc}", file=sys.stderr)
         return 2
+    except StateError as exc:
+        verb = "refusing to start" if args.command == "chief" else "the state cannot be trusted"
+        print(f"ktc {args.command}: {verb}: {exc}; {recovery_hint(args)}", file=sys.stderr)
+        return EXIT_STATE
+    except Locked as exc:
+        print(f"ktc {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except OSError as exc:
+        if args.command not in ("chief", "state"):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"ktc {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_SYSTEM
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""The `/metrics` endpoint of the chief and the workers: a small HTTP server that cannot be held.
+
+prometheus_client's `start_http_server` serves each connection on a thread of its own, with no
+timeouts: a few hundred clients that open a connection and send nothing hold a few hundred threads
+for ever, and every concurrent scrape renders the whole exposition again (on the chief, under the
+oracle's lock, between its RPCs). This server runs on one asyncio event loop in a thread of its own:
+- a client gets `READ_TIMEOUT_SECONDS` to send its request head (at most `MAX_HEAD_BYTES`) and
+  `WRITE_TIMEOUT_SECONDS` to take the reply; then its connection is closed;
+- at most `MAX_CONNECTIONS` connections are open at once; the next ones are closed at once;
+- the exposition is rendered at most once per `RENDER_INTERVAL_SECONDS`; concurrent scrapers get
+  the same text (Prometheus scrapes every 15 s or more: a second's age changes nothing).
+Only `GET /metrics` (and `/`) is served, one request per connection (`Connection: close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("ktc.metrics")
+
+READ_TIMEOUT_SECONDS = 5.0
+WRITE_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 256
+MAX_HEAD_BYTES = 8 * 1024
+RENDER_INTERVAL_SECONDS = 1.0
+
+
+class MetricsServer:
+    """Serves `registry` on `port` until `stop()`; `port` is the bound port (0 picks a free one)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, address: str = "0.0.0.0",
+                 max_connections: int = MAX_CONNECTIONS, read_timeout: float = READ_TIMEOUT_SECONDS,
+                 render_interval: float = RENDER_INTERVAL_SECONDS,
+                 render: Callable[[CollectorRegistry], bytes] = generate_latest):
+        self._registry = registry
+        self._render = render
+        self._max_connections = max_connections
+        self._read_timeout = read_timeout
+        self._render_interval = render_interval
+        self._open = 0
+        self._body: bytes | None = None
+        self._rendered_at = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(
+                asyncio.start_server(self._serve, address, port, limit=MAX_HEAD_BYTES, backlog=128),
+                self._loop).result(30)
+        except BaseException:
+            self._close_loop()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self._max_connections:
+            writer.transport.abort()  # over the cap: no reply, nothing held
+            return
+        self._open += 1
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return  # silent, too slow, too large or gone: nothing to answer
+            status, body, content_type = self._answer(head)
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % (status, content_type, len(body)) + body)
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_SECONDS)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._open -= 1
+            writer.transport.abort()  # one request per connection; nothing left to flush after drain
+
+    def _answer(self, head: bytes) -> tuple[bytes, bytes, bytes]:
+        request_line = head.split(b"\r\n", 1)[0].split()
+        if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/"):
+            return b"400 Bad Request", b"bad request\n", b"text/plain"
+        method, target = request_line[0], request_line[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return b"405 Method Not Allowed", b"only GET\n", b"text/plain"
+        if target not in (b"/metrics", b"/"):
+            return b"404 Not Found", b"see /metrics\n", b"text/plain"
+        try:
+            body = self._exposition()
+        except Exception as exc:  # noqa: BLE001 - a collector's bug fails this scrape, not the server
+            log.error("rendering /metrics failed: %s: %s", type(exc).__name__, exc)
+            return b"500 Internal Server Error", b"rendering failed; see the log\n", b"text/plain"
+        return b"200 OK", b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST.encode()
+
+    def _exposition(self) -> bytes:
+        now = time.monotonic()
+        if self._body is None or now - self._rendered_at >= self._render_interval:
+            self._body = self._render(self._registry)
+            self._rendered_at = now
+        return self._body
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        except Exception:  # noqa: BLE001 - stopping: the loop goes anyway
+            log.debug("metrics server did not close cleanly", exc_info=True)
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
