@@ -5,11 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 
-from prometheus_client import start_http_server
-
 from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
 from kt_cluster.core import dataset
 from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.metrics_http import MetricsServer
 from kt_cluster.core.neptune_tracking import NeptuneTracker
 from kt_cluster.core.protocol import check_tuner_id
 from kt_cluster.core.tuner import build_tuner
@@ -32,7 +31,7 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
     log.info("worker %s: GPUs %s%s", tuner_id, gpus or "none",
              f", each trial on all {len(gpus)} (MirroredStrategy)" if strategy else "")
     metrics = WorkerMetrics(tuner_id)
-    http_server, _ = start_http_server(metrics_port, registry=metrics.registry)
+    http_server = MetricsServer(metrics.registry, metrics_port)
     tracker = NeptuneTracker.for_worker(config, tuner_id)
     try:
         tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner,
@@ -49,7 +48,7 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
         gc.freeze()
         return worker.run()
     finally:
-        http_server.shutdown()
+        http_server.stop()
         if tracker:
             tracker.stop()
 
