@@ -79,6 +79,14 @@ def check(search_dir: Path) -> Summary:
     if unknown:
         raise StateError(folders[unknown[0]], f"a trial folder the state does not know ({len(unknown)} such, "
                                               f"{len(replayed.trials)} trials in the state): records are missing")
+    ended = set(replayed.end_order)
+    for trial_id, state in replayed.trials.items():
+        # trial.json is written only after the journal has a trial's end: one for a trial the
+        # journal never saw end means records are missing (a journal cut at a record boundary).
+        if trial_id not in ended and not replayed.run_times.get(trial_id) and trial_id in folders \
+                and (folders[trial_id] / "trial.json").exists():
+            raise StateError(folders[trial_id] / "trial.json", "its trial.json says it ended, yet the state never "
+                                                               "saw it end: records are missing")
     summary = Summary(trials=len(replayed.trials), generation=journal.generation, new=not has_state)
     for state in replayed.trials.values():
         summary.by_status[state["status"]] = summary.by_status.get(state["status"], 0) + 1
