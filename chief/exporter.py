@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -40,6 +40,9 @@ class ChiefMetrics(Events):
         self.early_stops = Counter("ktc_chief_trials_stopped_early", "Trials stopped by the median stopping rule.",
                                    registry=r)
         self.info = Info("ktc_search", "The search this chief runs.", registry=r)
+        self.token_file_exposed = Gauge(
+            "ktc_chief_auth_token_file_exposed",
+            "1 when the bearer token file is readable by others or by a group the chief is not in.", registry=r)
         self._rpc_children: dict[tuple[str, str], tuple] = {}
         # Create every labelled series at 0, so rate() counts the first event too.
         for status in ("completed", "failed", "invalid"):

@@ -37,11 +37,13 @@ def state_dir(config: SearchConfig) -> Path:
 
 
 def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
-              linger: bool = False, drain_seconds: float = 10.0, scale_workers: str | None = None) -> int:
+              linger: bool = False, drain_seconds: float = 10.0, scale_workers: str | None = None,
+              token_file_exposed: bool = False) -> int:
     """Serve until the search is over; 0 when it completed, 1 when it failed."""
     # keras-tuner makes a Tuner the chief only when "chief" is in its tuner id.
     os.environ["KERASTUNER_TUNER_ID"] = "chief"
     metrics = ChiefMetrics()
+    metrics.token_file_exposed.set(int(token_file_exposed))
     tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
     oracle = tuner.oracle
     oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,

@@ -212,7 +212,9 @@ class CoordinatorService:
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
-    """Every call must carry `authorization: Bearer <token>`; others get UNAUTHENTICATED."""
+    """Every call must carry exactly one `authorization: Bearer <token>`; others get
+    UNAUTHENTICATED. Two authorization headers are refused even when one is right: a proxy or
+    client library that merges or picks one of them must not decide who is authenticated."""
 
     def __init__(self, token: str, metrics: ChiefMetrics):
         self._expected = f"Bearer {token}".encode()
@@ -221,8 +223,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method in health.UNAUTHENTICATED_METHODS:  # kubelet's probe
             return await continuation(handler_call_details)
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == protocol.AUTHORIZATION and hmac.compare_digest(str(value).encode(), self._expected):
+        given = [value for key, value in handler_call_details.invocation_metadata or ()
+                 if key == protocol.AUTHORIZATION]
+        if len(given) == 1:
+            value = given[0] if isinstance(given[0], bytes) else str(given[0]).encode("utf-8", "replace")
+            if hmac.compare_digest(value, self._expected):
                 return await continuation(handler_call_details)
         method = KNOWN_METHODS.get(handler_call_details.method, "unknown")
         self._metrics.rpc_requests.labels(method=method, code=grpc.StatusCode.UNAUTHENTICATED.name).inc()

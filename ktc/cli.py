@@ -77,18 +77,43 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from `--auth-token-file`: printable ASCII (it travels in an HTTP/2 header),
+    at least 16 characters. A file readable by others (or by a group this process is not in) is
+    used, with a warning: `token_file_exposure` says why."""
     if args.insecure:
         return None
     if not args.auth_token_file:
         raise ConfigError("--auth-token-file: authentication is on by default; pass the token file "
                           "(a Kubernetes Secret in the chart) or --insecure")
+    path = args.auth_token_file
     try:
-        token = Path(args.auth_token_file).read_text().strip()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"--auth-token-file: cannot read {args.auth_token_file} ({exc.strerror})") from exc
+        raise ConfigError(f"--auth-token-file: cannot read {path} ({exc.strerror})") from exc
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--auth-token-file: {path} is not UTF-8 text (a binary file?)") from None
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(f"--auth-token-file: the token in {path} must be printable ASCII without spaces")
     if len(token) < 16:
-        raise ConfigError(f"--auth-token-file: the token in {args.auth_token_file} is shorter than 16 characters")
+        raise ConfigError(f"--auth-token-file: the token in {path} is shorter than 16 characters")
+    exposure = token_file_exposure(path)
+    if exposure:
+        logging.getLogger("ktc").warning("--auth-token-file: %s is %s; make it readable by its owner only "
+                                         "(chmod 600)", path, exposure)
     return token
+
+
+def token_file_exposure(path: str) -> str | None:
+    """Who else can read the token file: None, or "readable by others" / "readable by group N"
+    (a group this process is not in: the kubelet's fsGroup, which the pod itself holds, is fine)."""
+    mode_gid = os.stat(path)
+    if mode_gid.st_mode & 0o004:
+        return f"readable by others (mode {mode_gid.st_mode & 0o777:04o})"
+    if mode_gid.st_mode & 0o040 and mode_gid.st_gid not in {os.getgid(), *os.getgroups()}:
+        return f"readable by group {mode_gid.st_gid} (mode {mode_gid.st_mode & 0o777:04o})"
+    return None
 
 
 def oracle_address(default_ip: str) -> tuple[str, int]:
@@ -133,7 +158,8 @@ def cmd_chief(args: argparse.Namespace) -> int:
 
     try:
         return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
-                         scale_workers=args.scale_workers_on_exit)
+                         scale_workers=args.scale_workers_on_exit,
+                         token_file_exposed=token is not None and token_file_exposure(args.auth_token_file) is not None)
     finally:
         lock.release()
 

@@ -208,7 +208,7 @@ imagePullSecrets:
 - name: token
   secret:
     secretName: {{ include "kt-cluster.authSecret" . }}
-    defaultMode: 0440
+    defaultMode: 0400
     items:
       - key: {{ .Values.auth.secretKey }}
         path: token
