@@ -70,7 +70,8 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     for warning in warnings:
         log.warning("budget: %s", warning)
     search_info = {"search_id": config.search_id, "tuner": config.tuner, "warnings": warnings}
-    server = ChiefServer(oracle, metrics, address, token, search_info=search_info)
+    server = ChiefServer(oracle, metrics, address, token, search_info=search_info,
+                         allow_new_hyperparameters=config.new_hyperparameters_allowed)
     port = server.port
     print(f"chief: serving the oracle on {address.rsplit(':', 1)[0]}:{port}, metrics on :{metrics_port}", flush=True)
     terminated = threading.Event()

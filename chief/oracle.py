@@ -29,37 +29,19 @@ from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.chief.display import QuietDisplay
 from kt_cluster.chief.early_stopping import MedianStoppingRule
+from kt_cluster.chief.errors import Invalid, NotHolder, Refused, StateLost, UnknownTrial  # noqa: F401 - re-exported
 from kt_cluster.chief.events import Events
 from kt_cluster.chief.leases import LeaseTable
 from kt_cluster.chief.ongoing import OngoingTrials
 from kt_cluster.chief.persistence import JournalMapping
 from kt_cluster.chief.state import JournalWriteError
+from kt_cluster.chief import validation
 from kt_cluster.core import compat
 from kt_cluster.core.atomic_files import atomic_write
 
 TrialStatus = trial_module.TrialStatus
 REASON_CHARS = 200  # of an error message, as a metric label
 log = logging.getLogger("ktc.chief")
-
-
-class Refused(Exception):
-    """A call the oracle turned down before it changed anything."""
-
-
-class UnknownTrial(Refused, KeyError):
-    """A request names a trial id the chief never created."""
-
-
-class NotHolder(Refused, RuntimeError):
-    """The caller no longer holds this trial's lease (it was requeued or taken over)."""
-
-
-class Invalid(Refused, ValueError):
-    """A request the oracle cannot take as it is (the objective missing, a changed hyperparameter)."""
-
-
-class StateLost(RuntimeError):
-    """The oracle could not be put back to what its journal says: the chief must stop."""
 
 
 def guarded(method: Callable) -> Callable:
@@ -213,20 +195,38 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
     def _holder_check(self, trial_id: str, tuner_id: str | None, session: str | None) -> None:
         if trial_id not in self.trials:
             raise UnknownTrial(trial_id)
-        if tuner_id is not None and not self.leases.holds(trial_id, tuner_id, session):
+        self._check_holder(trial_id, tuner_id, session)
+
+    def _check_holder(self, trial_id: str, tuner_id: str | None, session: str | None) -> None:
+        """A trial a kt-cluster worker holds (its lease has a session) answers only to that worker;
+        a caller that says nothing of itself is a stock client, matched only on stock leases."""
+        if tuner_id is None:
+            lease = self.leases.get(trial_id)
+            if lease is not None and lease.session is not None:
+                raise NotHolder(f"trial {trial_id} is held by a kt-cluster worker: calls about it must carry "
+                                "its tuner id and session")
+        elif not self.leases.holds(trial_id, tuner_id, session):
             raise NotHolder(f"trial {trial_id} is not held by {tuner_id}")
+
+    def _seen(self, tuner_id: str | None) -> None:
+        """Note a known worker's call. Only CreateTrial introduces a tuner id: calls from ids that
+        hold nothing and never asked for a trial add no worker (no Status entry, no metric series)."""
+        if tuner_id is not None and (tuner_id in self.last_seen or tuner_id in self._ongoing):
+            self.last_seen[tuner_id] = time.time()
 
     @guarded
     def update_trial(self, trial_id: str, metrics: dict[str, float], step: int = 0,
                      tuner_id: str | None = None, session: str | None = None) -> trial_module.Trial:
         self._holder_check(trial_id, tuner_id, session)
-        if tuner_id is not None:
-            self.last_seen[tuner_id] = time.time()
+        try:
+            self.check_objective_found(metrics)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        self._seen(tuner_id)
         if self.leases.get(trial_id) is not None:
             self.leases.renew(trial_id, session, epoch=step)
         if self._stock_update_trial:
             trial = self.trials[trial_id]
-            self.check_objective_found(metrics)
             self.apply_metrics(trial, metrics, step)
         else:  # the oracle class overrides update_trial: let it run
             self._updating = trial_id
@@ -245,7 +245,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     @guarded
     def heartbeat(self, tuner_id: str, session: str | None, trial_id: str, epoch: int) -> dict[str, Any]:
-        self.last_seen[tuner_id] = time.time()
+        self._seen(tuner_id)
         if trial_id not in self.trials or not self.leases.holds(trial_id, tuner_id, session):
             return {"held": False, "stop": False, "search_over": self.done}
         self.leases.renew(trial_id, session, epoch=epoch)
@@ -262,8 +262,12 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         ongoing = self._ongoing.holder(trial_id) is not None
         if trial_id in self._ended or not ongoing and trial_id not in self.retry_queue:
             return False  # already ended: a retried call or a late twin
-        if ongoing and tuner_id is not None and not self.leases.holds(trial_id, tuner_id, session):
-            raise NotHolder(f"trial {trial_id} is not held by {tuner_id}")
+        if ongoing:
+            self._check_holder(trial_id, tuner_id, session)
+        # Checked whole before anything changes: keras-tuner's end_trial changes the trial first.
+        trial.hyperparameters = validation.trial_hyperparameters(current.hyperparameters, trial.hyperparameters)
+        if trial.status == TrialStatus.COMPLETED:
+            self._check_scored(current)
         if not ongoing:
             # Requeued after its lease lapsed, yet its holder finished it: keep that work.
             self.retry_queue.remove(trial_id)
@@ -273,12 +277,15 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
             self.journal.append({"stopped_early": trial_id})
             self.events.stopped_early(trial_id)
         ended_before = len(self.end_order)
+        self._ending = True  # keras-tuner's end_trial adds the trial's hyperparameters to the space: not here
         try:
             super().end_trial(trial)
         except RuntimeError as exc:  # keras-tuner's "consecutive failures exceeded the limit"
             self._pop_ongoing(trial_id)
             self.trial_changed(self.trials[trial_id])
             self._finish(str(exc).strip())
+        finally:
+            self._ending = False
         final_record = len(self.end_order) > ended_before
         self.journal.append({"end": trial_id, "run_times": self.run_count(trial_id), "final": final_record})
         self.leases.release(trial_id)
@@ -292,6 +299,16 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         self.events.trial_ended(final)
         self._maybe_compact()
         return True
+
+    def _check_scored(self, trial: trial_module.Trial) -> None:
+        """A COMPLETED trial needs a value of each objective, reported through UpdateTrial (keras-tuner
+        scores the chief's copy of the trial, not what EndTrial carries)."""
+        objectives = getattr(self.objective, "objectives", None) or [self.objective]
+        for objective in objectives:
+            history = trial.metrics.metrics.get(objective.name)
+            if history is None or not history.get_history():
+                raise Invalid(f"trial {trial.trial_id} cannot be COMPLETED: no value of the objective "
+                              f"{objective.name} was reported (UpdateTrial); end it FAILED or INVALID instead")
 
     def _pop_ongoing(self, trial_id: str) -> str | None:
         tuner_id = self._ongoing.holder(trial_id)
@@ -312,7 +329,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     @guarded
     def hand_back(self, tuner_id: str, session: str | None, trial_id: str) -> bool:
-        self.last_seen[tuner_id] = time.time()
+        self._seen(tuner_id)
         if trial_id not in self.trials or not self.leases.holds(trial_id, tuner_id, session):
             return False
         self._requeue(trial_id, "handback")
@@ -353,8 +370,21 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         return super().get_space()
 
     @guarded
-    def update_space(self, hyperparameters) -> None:
+    def update_space(self, hyperparameters, allow_new: bool = True, why_not: str = "") -> None:
+        """Add the hyperparameters the space lacks, checked whole first (`validation.new_entries`);
+        `allow_new` False: any new one is refused, `why_not` says why."""
+        if self.__dict__.get("_ending"):
+            return
+        if "journal" not in self.__dict__:  # the chief's own tuner, being built from the config
+            super().update_space(hyperparameters)
+            return
+        new = validation.new_entries(self.hyperparameters, list(hyperparameters.space))
+        if not new:
+            return
+        if not allow_new:
+            raise Invalid(f"new hyperparameters ({', '.join(hp.name for hp in new[:5])}): {why_not}")
         super().update_space(hyperparameters)
+        self.save()  # journaled before the call answers
 
     @guarded
     def top_trials(self, count: int) -> list[tuple[str, float, dict[str, Any]]]:

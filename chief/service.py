@@ -24,11 +24,13 @@ from typing import Any, Callable
 
 import grpc
 import keras_tuner
+from google.protobuf.message import DecodeError
 from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.chief import health
 from kt_cluster.chief.exporter import ChiefMetrics
-from kt_cluster.chief.oracle import NotHolder, UnknownTrial
+from kt_cluster.chief.errors import NotHolder, StateLost, UnknownTrial
+from kt_cluster.chief.state import JournalWriteError
 from kt_cluster.core import compat, protocol
 
 STOCK_IDLE_PAUSE_SECONDS = 0.5
@@ -37,12 +39,25 @@ KNOWN_METHODS = {protocol.method_path(protocol.ORACLE_SERVICE, m): m for m in OR
     protocol.method_path(protocol.COORDINATOR_SERVICE, m): m for m in protocol.COORDINATOR_METHODS}
 
 
+MAX_STEP = 10**9  # of an UpdateTrial's step and a heartbeat's epoch
+MAX_METRICS = 256  # per UpdateTrial
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class BadRequest(ValueError):
     pass
 
 
-def _served(method: str) -> Callable:
-    """Time the call, count it by status code, and turn our exceptions into gRPC statuses."""
+def _serialize(message) -> bytes:
+    return message.SerializeToString()
+
+
+def _served(method: str, request_class: str | None = None) -> Callable:
+    """Time the call, count it by status code, and turn our exceptions into gRPC statuses.
+
+    `request_class`: the handler gets the request's raw bytes, parsed here as that keras-tuner
+    message, so that an undecodable body is INVALID_ARGUMENT (grpc's own deserializer, which runs
+    before any handler, answers UNKNOWN)."""
 
     def decorator(handler: Callable) -> Callable:
         is_async = inspect.iscoroutinefunction(handler)
@@ -51,8 +66,12 @@ def _served(method: str) -> Callable:
         async def wrapper(self, request, context):
             start, code, detail = time.perf_counter(), grpc.StatusCode.OK, ""
             try:
+                if request_class is not None:
+                    request = _parse(getattr(self.messages, request_class), request)
                 reply = handler(self, request, context)
                 return await reply if is_async else reply
+            except (JournalWriteError, StateLost) as exc:
+                code, detail = grpc.StatusCode.UNAVAILABLE, f"{method}: {exc}; nothing was changed"
             except UnknownTrial as exc:
                 code, detail = grpc.StatusCode.NOT_FOUND, f"unknown trial id {exc.args[0]!r}"
             except NotHolder as exc:
@@ -72,44 +91,93 @@ def _served(method: str) -> Callable:
     return decorator
 
 
+def _parse(message_class, raw: bytes):
+    try:
+        return message_class.FromString(raw)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise BadRequest(f"not a {message_class.__name__} ({exc})") from None
+
+
 def _caller(context) -> tuple[str | None, str | None, dict[str, Any]]:
-    metadata = dict(context.invocation_metadata())
+    """(tuner id, session, metadata). A kt-cluster worker sends a session: it must name its tuner
+    id too, so the holder check always applies to it."""
+    pairs = context.invocation_metadata() or ()
+    metadata = dict(pairs)
+    for key in (protocol.SESSION, protocol.TUNER_ID):
+        if sum(1 for k, _ in pairs if k == key) > 1:
+            raise BadRequest(f"{key}: sent more than once")
     session = metadata.get(protocol.SESSION)
     tuner_id = metadata.get(protocol.TUNER_ID)
     if session is not None:
         protocol.check_id(session, protocol.SESSION)
+        if tuner_id is None:
+            raise BadRequest(f"{protocol.TUNER_ID}: required with {protocol.SESSION} (a kt-cluster worker)")
     if tuner_id is not None:
         protocol.check_id(tuner_id, protocol.TUNER_ID)
     return tuner_id, session, metadata
 
 
+def check_step(step: Any, field: str) -> int:
+    if not isinstance(step, int) or isinstance(step, bool) or not -1 <= step <= MAX_STEP:
+        raise BadRequest(f"{field}: must be an integer from -1 to {MAX_STEP}, got {str(step)[:40]}")
+    return step
+
+
 def _check_metrics(metrics) -> dict[str, float]:
+    """Metric values must be float32-finite (the Trial proto carries floats: 1e308 would arrive as
+    inf). NaN is accepted: it says the run diverged; an objective that is NaN at the end makes
+    the trial INVALID (retried), as keras-tuner does."""
+    if len(metrics) > MAX_METRICS:
+        raise BadRequest(f"metrics: at most {MAX_METRICS} per call, got {len(metrics)}")
     checked = {}
     for name, value in metrics.items():
         protocol.check_id(name, "metrics key")
-        if math.isinf(value):
-            raise BadRequest(f"metric {name!r} is infinite")
+        if abs(value) > FLOAT32_MAX:  # inf too; NaN compares False
+            raise BadRequest(f"metric {name!r}: {value!r} is not a finite float32 value")
         checked[name] = float(value)
     return checked
 
 
-class OracleService(compat.oracle_servicer_class()):
-    def __init__(self, oracle, metrics: ChiefMetrics):
+class OracleService:
+    """keras-tuner's `Oracle` service; each method gets its request's raw bytes (see `_served`).
+
+    `allow_new_hyperparameters`: whether UpdateSpace may add to the search space (from kt-cluster
+    workers only: a stock client cannot be told apart from any other caller)."""
+
+    def __init__(self, oracle, metrics: ChiefMetrics, allow_new_hyperparameters: bool = True):
         self.oracle = oracle
         self.metrics = metrics
         self.messages = compat.oracle_messages()
         self.protos = compat.TrialProtos()  # cheaper Trial protos for replies and EndTrial
+        self.allow_new_hyperparameters = allow_new_hyperparameters
 
-    @_served("GetSpace")
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(self, name),
+                                                              response_serializer=_serialize)
+                    for name in ORACLE_METHODS}
+        return grpc.method_handlers_generic_handler(protocol.ORACLE_SERVICE, handlers)
+
+    @_served("GetSpace", "GetSpaceRequest")
     def GetSpace(self, request, context):
         return self.messages.GetSpaceResponse(hyperparameters=self.oracle.get_space().to_proto())
 
-    @_served("UpdateSpace")
+    @_served("UpdateSpace", "UpdateSpaceRequest")
     def UpdateSpace(self, request, context):
-        self.oracle.update_space(keras_tuner.HyperParameters.from_proto(request.hyperparameters))
+        _, session, _ = _caller(context)
+        try:
+            hyperparameters = keras_tuner.HyperParameters.from_proto(request.hyperparameters)
+        except Exception as exc:  # noqa: BLE001 - whatever keras-tuner makes of a malformed proto
+            raise BadRequest(f"hyperparameters: {type(exc).__name__}: {exc}") from None
+        if not self.allow_new_hyperparameters:
+            why_not = "the search's config does not allow new hyperparameters (allow_new_hyperparameters)"
+        elif session is None:
+            why_not = "only kt-cluster workers may add hyperparameters"
+        else:
+            why_not = ""
+        self.oracle.update_space(hyperparameters, allow_new=not why_not, why_not=why_not)
         return self.messages.UpdateSpaceResponse()
 
-    @_served("CreateTrial")
+    @_served("CreateTrial", "CreateTrialRequest")
     async def CreateTrial(self, request, context):
         tuner_id = protocol.check_id(request.tuner_id, "tuner_id")
         _, session, _ = _caller(context)
@@ -122,10 +190,11 @@ class OracleService(compat.oracle_servicer_class()):
         self.protos.to_proto(trial, into=reply.trial)
         return reply
 
-    @_served("UpdateTrial")
+    @_served("UpdateTrial", "UpdateTrialRequest")
     def UpdateTrial(self, request, context):
         tuner_id, session, _ = _caller(context)
         trial_id = protocol.check_id(request.trial_id, "trial_id")
+        check_step(request.step, "step")
         metrics = _check_metrics(request.metrics)
         trial = self.oracle.update_trial(trial_id, metrics, step=request.step, tuner_id=tuner_id, session=session)
         reply = self.messages.UpdateTrialResponse()
@@ -134,11 +203,14 @@ class OracleService(compat.oracle_servicer_class()):
             reply.trial.status = compat.status_proto(trial_module.TrialStatus.STOPPED)
         return reply
 
-    @_served("EndTrial")
+    @_served("EndTrial", "EndTrialRequest")
     def EndTrial(self, request, context):
         tuner_id, session, metadata = _caller(context)
         protocol.check_id(request.trial.trial_id, "trial.trial_id")
-        trial = self.protos.from_proto(request.trial)
+        try:
+            trial = self.protos.from_proto(request.trial)
+        except Exception as exc:  # noqa: BLE001 - whatever keras-tuner makes of a malformed proto
+            raise BadRequest(f"trial: {type(exc).__name__}: {exc}") from None
         if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.INVALID,
                                 trial_module.TrialStatus.FAILED):
             raise BadRequest(f"trial.status must be COMPLETED, INVALID or FAILED, got {trial.status}")
@@ -150,12 +222,12 @@ class OracleService(compat.oracle_servicer_class()):
         self.protos.forget(trial.trial_id)
         return self.messages.EndTrialResponse()
 
-    @_served("GetTrial")
+    @_served("GetTrial", "GetTrialRequest")
     def GetTrial(self, request, context):
         trial = self.oracle.get_trial(protocol.check_id(request.trial_id, "trial_id"))
         return self.messages.GetTrialResponse(trial=trial.to_proto())
 
-    @_served("GetBestTrials")
+    @_served("GetBestTrials", "GetBestTrialsRequest")
     def GetBestTrials(self, request, context):
         if request.num_trials < 0 or request.num_trials > 10_000:
             raise BadRequest(f"num_trials must be 0 to 10000, got {request.num_trials}")
@@ -181,9 +253,7 @@ class CoordinatorService:
     def Heartbeat(self, raw: bytes, context) -> dict[str, Any]:
         request = protocol.decode(raw)
         tuner_id, session, trial_id = self._ids(request)
-        epoch = request.get("epoch", -1)
-        if not isinstance(epoch, int):
-            raise BadRequest("epoch: must be an integer")
+        epoch = check_step(request.get("epoch", -1), "epoch")
         return self.oracle.heartbeat(tuner_id, session, trial_id, epoch)
 
     @_served("HandBack")
@@ -258,12 +328,12 @@ class ChiefServer:
     """The started gRPC server, serving from its own event-loop thread; `port` is the bound port."""
 
     def __init__(self, oracle, metrics: ChiefMetrics, address: str, token: str | None,
-                 search_info: dict[str, Any]):
+                 search_info: dict[str, Any], allow_new_hyperparameters: bool = True):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rpc", daemon=True)
         self._thread.start()
         try:
-            self.port = self._run(self._start(oracle, metrics, address, token, search_info))
+            self.port = self._run(self._start(oracle, metrics, address, token, search_info, allow_new_hyperparameters))
         except BaseException:
             self._close_loop()
             raise
@@ -271,11 +341,11 @@ class ChiefServer:
     def _run(self, coroutine, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    async def _start(self, oracle, metrics, address, token, search_info) -> int:
+    async def _start(self, oracle, metrics, address, token, search_info, allow_new_hyperparameters) -> int:
         # Created inside the loop: a grpc.aio server belongs to the loop it was made in.
         self._server = grpc.aio.server(interceptors=[TokenAuth(token, metrics)] if token else [],
                                        options=SERVER_OPTIONS)
-        compat.add_oracle_servicer(OracleService(oracle, metrics), self._server)
+        self._server.add_generic_rpc_handlers((OracleService(oracle, metrics, allow_new_hyperparameters).handler(),))
         self._server.add_generic_rpc_handlers((CoordinatorService(oracle, metrics, search_info).handler(),))
         self._health = health.ChiefHealth()
         await self._health.register(self._server)

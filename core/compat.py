@@ -100,15 +100,6 @@ def oracle_stub_class():
     return _protos.get_service_grpc().OracleStub
 
 
-def oracle_servicer_class():
-    """The server base class of the `keras_tuner.Oracle` service."""
-    return _protos.get_service_grpc().OracleServicer
-
-
-def add_oracle_servicer(servicer, server) -> None:
-    _protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-
-
 def trial_proto_class():
     """The `Trial` message of keras-tuner's protos."""
     return _protos.get_proto().Trial

@@ -213,6 +213,10 @@ class SearchConfig(_Model):
     hypermodel: Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$"), BeforeValidator(_number_as_text),
                           Rule("must look like package.module:function")] | None = Field(
         None, description="Model builder `package.module:function` taking `hp`; null: the built-in U-Net.")
+    allow_new_hyperparameters: bool | None = Field(
+        None, description="Whether workers may add hyperparameters to the search space (UpdateSpace); null: "
+                          "yes with a hypermodel of yours (its build may declare what the config does not), "
+                          "no with the built-in U-Net (its space comes from `space`).")
     lease_seconds: Annotated[float, Unit("seconds")] = Field(
         60.0, gt=0, description="A worker silent this long loses its trial to another worker.")
     stock_lease_seconds: Annotated[float, Unit("seconds")] = Field(
@@ -240,6 +244,12 @@ class SearchConfig(_Model):
         if self.early_stopping is not None:
             return self.early_stopping
         return self.tuner not in ("hyperband", "asha")  # both stop bad trials themselves
+
+    @property
+    def new_hyperparameters_allowed(self) -> bool:
+        if self.allow_new_hyperparameters is not None:
+            return self.allow_new_hyperparameters
+        return self.hypermodel is not None
 
     @property
     def data_dir(self) -> Path:
