@@ -8,6 +8,7 @@ statuses, requeue reasons, tuner ids (one per worker) and the ids of the top `TO
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Iterator
 
@@ -20,6 +21,7 @@ from kt_cluster.chief.events import Events
 TOP_TRIALS = 20
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATUSES = ("RUNNING", "IDLE", "COMPLETED", "INVALID", "FAILED", "STOPPED")
+log = logging.getLogger("ktc.chief")
 
 
 class ChiefMetrics(Events):
@@ -99,13 +101,38 @@ def hyperparameters_info(top_trials: list[tuple[str, float, dict[str, Any]]]) ->
 
 
 class OracleCollector(Collector):
-    """Search state read from the oracle at scrape time."""
+    """Search state read from the oracle at scrape time.
+
+    Each group of metrics is built whole before any of it is yielded; a group that fails (a bad
+    trial an old state may hold, a bug) is left out of that scrape and logged once, so one bad
+    record never turns a scrape into an HTTP 500 (the other groups, and every other collector,
+    still answer)."""
 
     def __init__(self, oracle):
         self.oracle = oracle
+        self._logged: set[tuple[str, str]] = set()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        status = self.oracle.status()
+        try:
+            status = self.oracle.status()
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self._left_out("status", exc)
+            status = None
+        for group in (self._search, self._top, self._setbacks, self._workers):
+            if status is None and group in (self._search, self._workers):
+                continue
+            try:
+                yield from list(group(status))
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                self._left_out(group.__name__.strip("_"), exc)
+
+    def _left_out(self, group: str, exc: Exception) -> None:
+        key = (group, type(exc).__name__)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("metrics: left out %s: %s: %s", group, type(exc).__name__, exc)
+
+    def _search(self, status: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         trials = GaugeMetricFamily("ktc_chief_trials", "Trials by status (queued trials count as IDLE).",
                                    labels=["status"])
         for name in STATUSES:
@@ -118,14 +145,18 @@ class OracleCollector(Collector):
                                 value=int(status["failure"] is not None))
         best = status["best"]
         if best is not None and best["score"] is not None:
-            yield GaugeMetricFamily("ktc_chief_best_objective", "Best objective value so far.", value=best["score"])
+            yield GaugeMetricFamily("ktc_chief_best_objective", "Best objective value so far.", value=float(best["score"]))
+
+    def _top(self, status) -> Iterator[GaugeMetricFamily]:
         top_trials = self.oracle.top_trials(TOP_TRIALS)
         top = GaugeMetricFamily("ktc_chief_trial_objective", f"Objective of the best {TOP_TRIALS} completed trials.",
                                 labels=["trial_id"])
         for trial_id, score, _ in top_trials:
-            top.add_metric([trial_id], score)
+            top.add_metric([trial_id], float(score))
         yield top
         yield hyperparameters_info(top_trials)
+
+    def _setbacks(self, status) -> Iterator[GaugeMetricFamily]:
         setbacks = GaugeMetricFamily(
             "ktc_chief_trial_setback_info",
             f"The latest {TOP_TRIALS} trials that failed, are invalid (to be retried) or stopped early, "
@@ -134,10 +165,12 @@ class OracleCollector(Collector):
         for trial_id, outcome, reason in self.oracle.recent_setbacks(TOP_TRIALS):
             setbacks.add_metric([trial_id, outcome, reason], 1)
         yield setbacks
+
+    def _workers(self, status: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         epoch = GaugeMetricFamily("ktc_chief_running_trial_epoch", "Last epoch each running trial reported (0-based).",
                                   labels=["trial_id", "tuner_id"])
         for running in status["running"]:
-            epoch.add_metric([running["trial_id"], running["tuner_id"]], running["epoch"])
+            epoch.add_metric([running["trial_id"], running["tuner_id"]], float(running["epoch"]))
         yield epoch
         seen = GaugeMetricFamily("ktc_chief_worker_last_seen_timestamp_seconds",
                                  "Unix time of each worker's last call to the chief.", labels=["tuner_id"])

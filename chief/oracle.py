@@ -44,7 +44,7 @@ REASON_CHARS = 200  # of an error message, as a metric label
 log = logging.getLogger("ktc.chief")
 
 
-def guarded(method: Callable) -> Callable:
+def guarded(method: Callable | None = None, *, reads_only: bool = False) -> Callable:
     """Run under the cluster lock; repair keras-tuner's lock if an exception left it held.
 
     The outermost call also writes the journal records it made in one go, before it returns (the
@@ -55,7 +55,9 @@ def guarded(method: Callable) -> Callable:
     A call either happens whole or not at all: when it raises anything but `Refused` (which is
     raised before any change), or its records cannot be written (a full disk), its records are
     dropped and the oracle is reloaded from the journal, so the error its caller gets means
-    nothing happened."""
+    nothing happened. `reads_only`: a view that changes nothing, so nothing to roll back either."""
+    if method is None:
+        return functools.partial(guarded, reads_only=reads_only)
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -74,6 +76,9 @@ def guarded(method: Callable) -> Callable:
                 failed = False
             except Refused:
                 failed = journal is not None and journal.holding()
+                raise
+            except Exception:
+                failed = not reads_only or journal is not None and journal.holding()
                 raise
             finally:
                 self._guard_depth = depth
@@ -355,17 +360,17 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     # --- read-only views ---------------------------------------------------------------------
 
-    @guarded
+    @guarded(reads_only=True)
     def get_trial(self, trial_id: str) -> trial_module.Trial:
         if trial_id not in self.trials:
             raise UnknownTrial(trial_id)
         return self.trials[trial_id]
 
-    @guarded
+    @guarded(reads_only=True)
     def get_best_trials(self, num_trials: int = 1) -> list[trial_module.Trial]:
         return self.best_trials(num_trials)
 
-    @guarded
+    @guarded(reads_only=True)
     def get_space(self):
         return super().get_space()
 
@@ -386,14 +391,14 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         super().update_space(hyperparameters)
         self.save()  # journaled before the call answers
 
-    @guarded
+    @guarded(reads_only=True)
     def top_trials(self, count: int) -> list[tuple[str, float, dict[str, Any]]]:
         """(trial id, score, hyperparameter values) of the best `count` completed trials."""
         best = self.best_trials(count)
         return [(t.trial_id, t.score, dict(t.hyperparameters.values))
                 for t in best if t.status == TrialStatus.COMPLETED and t.score is not None]
 
-    @guarded
+    @guarded(reads_only=True)
     def recent_setbacks(self, count: int) -> list[tuple[str, str, str]]:
         """(trial id, status, reason) of the latest `count` trials that failed, are invalid (to be
         retried) or were stopped early, newest first. The reason is the error's first line (ours:
@@ -410,12 +415,12 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
                 break
         return setbacks
 
-    @guarded
+    @guarded(reads_only=True)
     def status(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for trial in self.trials.values():
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        best = [t for t in self.best_trials(1) if t.status == TrialStatus.COMPLETED]
+        best = [t for t in self.best_trials(1) if t.status == TrialStatus.COMPLETED and t.score is not None]
         running = []
         for tuner_id, trial in sorted(self.ongoing_trials.items()):
             lease = self.leases.get(trial.trial_id)
@@ -429,7 +434,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
             "failed": counts.get(TrialStatus.FAILED, 0) + counts.get(TrialStatus.INVALID, 0),
             "stopped_early": len(self.stopped_early), "queued": len(self.retry_queue),
             "best": ({"trial_id": best[0].trial_id, "score": best[0].score,
-                      "hyperparameters": best[0].hyperparameters.values} if best else None),
+                      "hyperparameters": dict(best[0].hyperparameters.values)} if best else None),
             "running": running, "workers": dict(self.last_seen),
             "done": self.done, "failure": self.failure,
         }

@@ -431,12 +431,19 @@ class OracleSeam:
         metrics scrape, Status and GetBestTrials did, under the lock). A heap picks the n best in
         O(trials log n): `heapq.nlargest(n, xs, key)` is documented as `sorted(xs, key,
         reverse=True)[:n]`, ties in the same order."""
-        completed = [t for t in self.trials.values() if t.status == TrialStatus.COMPLETED]
+        # Only a real number ranks: a completed trial without one (which the chief refuses to make,
+        # but an old state may hold) goes after the ranked ones, rather than failing the sort.
+        completed = [t for t in self.trials.values() if t.status == TrialStatus.COMPLETED and _scored(t)]
         pick = heapq.nlargest if self.objective.direction == "max" else heapq.nsmallest
         best = pick(num_trials, completed, key=lambda trial: trial.score)
         if len(best) < num_trials:
-            best += [t for t in self.trials.values() if t.status != TrialStatus.COMPLETED]
+            best += [t for t in self.trials.values() if t.status != TrialStatus.COMPLETED or not _scored(t)]
         return best[:num_trials]
+
+
+def _scored(trial: Trial) -> bool:
+    score = trial.score
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and not math.isnan(score)
 
 
 def stock_update_trial(oracle_class: type) -> bool:

@@ -46,6 +46,8 @@ def decode(data: bytes) -> dict[str, Any]:
         message = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"not a JSON object: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("not a JSON object: nested too deep") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
     return message
