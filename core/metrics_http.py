@@ -8,7 +8,10 @@ oracle's lock, between its RPCs). This server runs on one asyncio event loop in 
   `WRITE_TIMEOUT_SECONDS` to take the reply; then its connection is closed;
 - at most `MAX_CONNECTIONS` connections are open at once; the next ones are closed at once;
 - the exposition is rendered at most once per `RENDER_INTERVAL_SECONDS`; concurrent scrapers get
-  the same text (Prometheus scrapes every 15 s or more: a second's age changes nothing).
+  the same text (Prometheus scrapes every 15 s or more: a second's age changes nothing);
+- replies are paced to `MAX_REPLIES_PER_SECOND` (requests beyond it wait their turn, or get 429
+  when that would outlast the read timeout), so a client that scrapes in a loop costs the process
+  a bounded share of its CPU, and the chief's RPCs keep their latency.
 Only `GET /metrics` (and `/`) is served, one request per connection (`Connection: close`).
 """
 
@@ -29,6 +32,7 @@ WRITE_TIMEOUT_SECONDS = 10.0
 MAX_CONNECTIONS = 256
 MAX_HEAD_BYTES = 8 * 1024
 RENDER_INTERVAL_SECONDS = 1.0
+MAX_REPLIES_PER_SECOND = 50.0
 
 
 class MetricsServer:
@@ -36,13 +40,15 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, port: int, address: str = "0.0.0.0",
                  max_connections: int = MAX_CONNECTIONS, read_timeout: float = READ_TIMEOUT_SECONDS,
-                 render_interval: float = RENDER_INTERVAL_SECONDS,
+                 render_interval: float = RENDER_INTERVAL_SECONDS, max_replies_per_second: float = MAX_REPLIES_PER_SECOND,
                  render: Callable[[CollectorRegistry], bytes] = generate_latest):
         self._registry = registry
         self._render = render
         self._max_connections = max_connections
         self._read_timeout = read_timeout
         self._render_interval = render_interval
+        self._reply_interval = 1.0 / max_replies_per_second
+        self._next_reply = 0.0  # monotonic time of the next free reply slot
         self._open = 0
         self._body: bytes | None = None
         self._rendered_at = 0.0
@@ -72,7 +78,12 @@ class MetricsServer:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
             except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return  # silent, too slow, too large or gone: nothing to answer
-            status, body, content_type = self._answer(head)
+            wait = self._reply_slot()
+            if wait is None:
+                status, body, content_type = b"429 Too Many Requests", b"too many scrapes\n", b"text/plain"
+            else:
+                await asyncio.sleep(wait)
+                status, body, content_type = self._answer(head)
             writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                          % (status, content_type, len(body)) + body)
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_SECONDS)
@@ -81,6 +92,15 @@ class MetricsServer:
         finally:
             self._open -= 1
             writer.transport.abort()  # one request per connection; nothing left to flush after drain
+
+    def _reply_slot(self) -> float | None:
+        """Seconds to wait for this request's turn, or None when it would outlast the read timeout."""
+        now = time.monotonic()
+        slot = max(now, self._next_reply)
+        if slot - now > self._read_timeout:
+            return None
+        self._next_reply = slot + self._reply_interval
+        return slot - now
 
     def _answer(self, head: bytes) -> tuple[bytes, bytes, bytes]:
         request_line = head.split(b"\r\n", 1)[0].split()

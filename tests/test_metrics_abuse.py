@@ -4,9 +4,10 @@ holding threads, and concurrent scrapers cost the chief's RPCs no more than one 
 import os
 import socket
 import statistics
-import threading
+import subprocess
+import sys
+import textwrap
 import time
-import urllib.request
 import uuid
 
 import grpc
@@ -88,33 +89,41 @@ class Trials:
         return statistics.median(self.one() for _ in range(count))
 
 
+SCRAPERS = textwrap.dedent("""
+    import sys, threading, time, urllib.request
+    url, count, until = sys.argv[1], [0], time.monotonic() + float(sys.argv[2])
+    def scrape():
+        while time.monotonic() < until:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read()
+            count[0] += 1
+    threads = [threading.Thread(target=scrape) for _ in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(count[0])
+""")
+
+
 def test_concurrent_scrapers_cost_rpcs_no_more_than_one_scrape(chief):
     trials = Trials(chief.address)
     trials.p50(5)  # warm up
     baseline = trials.p50(40)
-    stop = threading.Event()
-    scrapes = []
-
-    def scrape():
-        while not stop.is_set():
-            with urllib.request.urlopen(f"http://127.0.0.1:{chief.chief_metrics_port}/metrics", timeout=10) as r:
-                scrapes.append(len(r.read()))
-
-    scrapers = [threading.Thread(target=scrape, daemon=True) for _ in range(16)]
-    for t in scrapers:
-        t.start()
+    # The scrapers run in a process of their own: in this one they would take the timed client's GIL.
+    scrapers = subprocess.Popen([sys.executable, "-c", SCRAPERS,
+                                 f"http://127.0.0.1:{chief.chief_metrics_port}/metrics", "6"],
+                                stdout=subprocess.PIPE, text=True)
     try:
+        time.sleep(1.0)
         loaded = trials.p50(40)
+        out, _ = scrapers.communicate(timeout=60)
     finally:
-        stop.set()
-        for t in scrapers:
-            t.join(15)
+        scrapers.kill()
     print(f"normal trial p50: {baseline * 1000:.1f} ms alone, {loaded * 1000:.1f} ms with 16 scrapers "
-          f"({len(scrapes)} scrapes served)")
-    assert len(scrapes) > 16
-    # 16 scraper threads share this test process's GIL with the timed client on 2 cores; the chief
-    # renders once per interval for all of them. Before, each scrape rendered: 4.6 -> 34 ms.
-    assert loaded < 3 * baseline + 0.005, f"p50 {baseline * 1000:.1f} ms -> {loaded * 1000:.1f} ms"
+          f"({out.strip()} scrapes)")
+    assert int(out) > 100, "the scrapers did not scrape"
+    # One render per interval for all scrapers; before, each scrape rendered the exposition under
+    # the oracle's lock: 5 -> 30 ms measured the same way on this 2-core machine.
+    assert loaded < 2 * baseline + 0.004, f"p50 {baseline * 1000:.1f} ms -> {loaded * 1000:.1f} ms"
 
 
 def test_only_get_metrics_is_served_and_a_bad_request_is_refused(chief):
