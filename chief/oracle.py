@@ -145,7 +145,6 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         self.stop_requested: set[str] = set()
         self.stopped_early: set[str] = set()
         self.last_seen: dict[str, float] = {}  # tuner id -> wall time of its last call
-        self.told_to_stop: set[str] = set()
         self.done = False
         self.failure: str | None = None
         self.lost: str | None = None  # why the oracle no longer matches its journal (the chief stops)
@@ -165,9 +164,10 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     @guarded
     def create_trial(self, tuner_id: str, session: str | None = None) -> trial_module.Trial:
-        self.last_seen[tuner_id] = time.time()
-        if self.done:
+        if self.done:  # no new worker once the search is over (nothing forgets them then)
+            self._seen(tuner_id)
             return self._stop(tuner_id)
+        self.last_seen[tuner_id] = time.time()
         held = self.ongoing_trials.get(tuner_id)
         if held is not None:
             # The same id again: a restarted pod (or a twin) takes over; the old session loses it.
@@ -189,7 +189,6 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     def _stop(self, tuner_id: str) -> trial_module.Trial:
         self.tuner_ids.discard(tuner_id)
-        self.told_to_stop.add(tuner_id)
         return trial_module.Trial(self.hyperparameters.copy(), status=TrialStatus.STOPPED)
 
     def _finish(self, failure: str | None) -> None:
