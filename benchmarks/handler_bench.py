@@ -8,8 +8,8 @@ Not part of the test run. From the repository root, in the project's virtualenv:
 
 It builds the chief's oracle (random search, median early stopping on, journal and trial files in
 a temporary folder) and its `OracleService`, calls the handlers directly on one event loop as the
-chief's loop thread would (CreateTrial, 5 x UpdateTrial, EndTrial per trial, the workers taking
-turns at random) after `gc.freeze()` as `ktc chief` does, and prints the wall time per call of each
+chief's loop thread would, with each request's serialized bytes as gRPC hands them over
+(CreateTrial, 5 x UpdateTrial, EndTrial per trial, the workers taking turns at random) after `gc.freeze()` as `ktc chief` does, and prints the wall time per call of each
 RPC and the process CPU per trial. Without gRPC's own cost (see chief_bench.py for the whole
 server), it shows what the oracle, the journal and the protos cost, and how that grows with the
 number of workers.
@@ -59,8 +59,10 @@ async def drive(service: OracleService, workers: int, trials: int, seed: int = 0
     spent = {"CreateTrial": 0.0, "UpdateTrial": 0.0, "EndTrial": 0.0}
 
     async def call(name: str, request, context):
+        # The handlers take the request's bytes, as gRPC hands them over (they parse them).
+        body = request.SerializeToString()
         started = time.perf_counter()
-        reply = await getattr(service, name)(request, context)
+        reply = await getattr(service, name)(body, context)
         spent[name] += time.perf_counter() - started
         return reply
 
