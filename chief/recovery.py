@@ -31,6 +31,7 @@ from kt_cluster.core.atomic_files import atomic_write
 
 STATE_FOLDER = "ktc-state"
 TRIAL_FOLDER = re.compile(r"trial_(.+)")
+LOST = "lost"  # the message of a placeholder trial
 ENDED = ("COMPLETED", "FAILED", "INVALID", "STOPPED")
 # The chief's own temporary files (`atomic_files.temporary_name` of trial.json, snapshot.json and
 # a kept snapshot's link): only a chief writes them, and only the one holding the state's lock.
@@ -195,10 +196,23 @@ def collect(search_dir: Path) -> Rebuilt:
                 replayed.end_order.append(trial_id)
             replayed.run_times.setdefault(trial_id, 1)
         elif known is None:
-            notes.append(f"trial {trial_id}: lost: a folder without a readable trial.json and no record")
+            _placeholder(replayed, trial_id, "its folder has no readable trial.json and no record names it")
+            sources[trial_id] = "folder alone"
+    # keras-tuner numbers a new trial by the trial count: ids below the highest one on disk that no
+    # record or folder names get a placeholder too, so the next id is past every folder.
+    numbered = [trial_id for trial_id in replayed.trials if trial_id.isdigit()]
+    if numbered:
+        highest = max(numbered, key=int)
+        for number in range(int(highest)):
+            trial_id = f"{number:0{len(highest)}d}"
+            if trial_id not in replayed.trials:
+                _placeholder(replayed, trial_id, "no record or folder names this id below the highest one")
+                sources[trial_id] = "numbering"
     running = set(replayed.ongoing.values())
     for trial_id, state in replayed.trials.items():
-        if state["status"] in ENDED or trial_id in running:
+        if state["status"] == "STOPPED" and (state["message"] or "").startswith(f"{LOST}:"):
+            notes.append(f"trial {trial_id}: could not be kept: {state['message']}")
+        elif state["status"] in ENDED or trial_id in running:
             notes.append(f"trial {trial_id}: kept, {state['status']}, from the {sources[trial_id]}")
         else:
             # Created but neither running nor ended (its holder's record lost): run it again.
@@ -209,6 +223,17 @@ def collect(search_dir: Path) -> Rebuilt:
     replayed.end_order = [t for t in replayed.end_order if t in replayed.trials] + [
         t for t in ended if t not in replayed.end_order]
     return Rebuilt(replayed, notes)
+
+
+def _placeholder(replayed: Replayed, trial_id: str, why: str) -> None:
+    """A STOPPED trial that holds an id whose trial is lost (STOPPED: it neither runs again nor
+    counts as a failure)."""
+    replayed.trials[trial_id] = {
+        "trial_id": trial_id, "hyperparameters": {"space": [], "values": {}}, "metrics": {"metrics": {}},
+        "score": None, "best_step": 0, "status": "STOPPED", "message": f"{LOST}: {why} (ktc state rebuild)"}
+    replayed.run_times.setdefault(trial_id, 1)
+    if trial_id not in replayed.end_order:
+        replayed.end_order.append(trial_id)
 
 
 def rebuild(search_dir: Path) -> Rebuilt:

@@ -210,3 +210,20 @@ def test_a_rebuilt_state_dir_resumes_the_search_with_new_ids_after_the_old_ones(
         log.close()
     trial_files = sorted(search.glob("trial_*/trial.json"))
     assert len(trial_files) == TRIALS and all(json.loads(p.read_text())["status"] == "COMPLETED" for p in trial_files)
+
+
+def test_rebuild_holds_the_ids_of_folders_it_cannot_read_so_no_new_trial_takes_them(pristine, tmp_path):
+    search, config = case(pristine, tmp_path)
+    shutil.rmtree(search / "ktc-state")
+    for trial_id in ("010", "050"):  # one unreadable, one only holding checkpoints (a running trial)
+        folder = search / f"trial_{trial_id}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        (folder / "checkpoint.weights.h5").write_bytes(b"\0")
+    (search / "trial_010" / "trial.json").write_text("{torn")
+    result = ktc("state", "rebuild", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "trial 010: could not be kept" in result.stdout and "trial 050: could not be kept" in result.stdout
+    assert "trial 045: could not be kept" in result.stdout  # an id below the highest one on disk
+    check = ktc("state", "check", "--config", str(config))
+    assert check.returncode == 0 and "51 trials" in check.stdout, (check.stdout, check.stderr)
