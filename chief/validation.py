@@ -118,12 +118,12 @@ def new_entries(space, entries: list) -> list:
         raise Invalid(f"{len(entries)} hyperparameters: at most {MAX_HYPERPARAMETERS}")
     new = []
     for hp in entries:
-        check_definition(hp, kinds)
         key = (hp.name, _conditions_key(hp))
-        if key in declared:
+        if key in declared:  # what the space holds is the chief's own: only its twin may come back
             if declared[key] != signature(hp):
                 raise Invalid(f"hyperparameter {hp.name}: declared again differently")
             continue
+        check_definition(hp, kinds)
         if kinds.get(hp.name, type(hp).__name__) != type(hp).__name__:
             raise Invalid(f"hyperparameter {hp.name}: declared again as a {type(hp).__name__}, "
                           f"it is a {kinds[hp.name]}")
