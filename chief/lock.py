@@ -60,6 +60,10 @@ class ChiefLock:
         except OSError:  # a full disk: the lock holds all the same; a refused chief names no holder
             pass
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def holder(self) -> str:
         try:
             info = json.loads(self.path.read_text())

@@ -150,11 +150,18 @@ def cmd_chief(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from exc
     # Before TensorFlow loads: one chief per search, a state it can trust, and a dataset that
     # reads (a broken one fails here in a second, not trial by trial).
-    lock = ChiefLock(search_folder(config))
-    lock.acquire()
-    print(f"chief: state: {recovery.preflight(search_folder(config)).line()}", flush=True)
+    # A new search's folder is made only once keras-tuner's release has been checked (below).
+    folder = search_folder(config)
+    lock = ChiefLock(folder)
+    if folder.is_dir():
+        lock.acquire()
+    print(f"chief: state: {recovery.preflight(folder).line()}", flush=True)
     print(f"chief: {check_dataset(config.data_dir, config.data.classes)}", flush=True)
     from kt_cluster.chief.main import run_chief
+
+    if not lock.held:
+        lock.acquire()
+        recovery.preflight(folder)  # another chief may have begun the search meanwhile
 
     try:
         return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
