@@ -66,8 +66,11 @@ def guarded(method: Callable | None = None, *, reads_only: bool = False) -> Call
             if self.__dict__.get("lost") is not None:
                 raise StateLost(self.lost)
             depth = self.__dict__.get("_guard_depth", 0)
-            self._guard_depth = depth + 1
             journal = self.__dict__.get("journal") if depth == 0 else None
+            if journal is not None and journal.failing and not reads_only:
+                # Writes failed last time: learn whether they work before changing anything.
+                journal.probe({"cluster": {"done": self.done, "failure": self.failure}})
+            self._guard_depth = depth + 1
             if journal is not None:
                 journal.hold()
             failed = True

@@ -147,7 +147,7 @@ class JournalMapping:
         leases = {trial_id: self.leases.get(trial_id) for trial_id in list(self.leases._by_trial)}
         self._ended_json.clear()
         self._pending_files = []
-        self.restore()
+        JournalMapping.restore(self)  # not the guarded one: the caller holds the lock, writes fail
         for tuner_id, trial in self.ongoing_trials.items():
             lease = leases.get(trial.trial_id)
             if lease is not None and lease.tuner_id == tuner_id:

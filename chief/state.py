@@ -268,6 +268,7 @@ class Journal:
         self._fd: int | None = None
         self._held: list[bytes] | None = None  # lines kept for one write, between hold() and release()
         self._torn: int | None = None  # offset of a torn last line found by load()
+        self.failing = False  # the last write failed (a full disk): see `probe`
 
     def load(self) -> Replayed:
         """The state the files on disk hold; `StateError` (naming file, line and what is wrong)
@@ -366,12 +367,21 @@ class Journal:
             while view:
                 view = view[os.write(fd, view):]
         except OSError as exc:
+            self.failing = True
             try:
                 os.ftruncate(fd, start)
             except OSError as again:
                 raise JournalWriteError(again.errno, f"cannot write the journal ({exc.strerror}) nor cut "
                                                      f"it back ({again.strerror})") from exc
             raise JournalWriteError(exc.errno, f"cannot write the journal: {exc.strerror}") from exc
+        self.failing = False
+
+    def probe(self, record: dict[str, Any]) -> None:
+        """Write `record`, one that changes nothing on replay, to learn whether writes work again
+        (`JournalWriteError` if not). While they fail, a call probes before it changes anything: a
+        refusal then costs one write, not a change undone by reloading the whole state."""
+        self.records += 1
+        self._write_all(compact_json(record).encode() + b"\n")
 
     def hold(self) -> None:
         """Keep the next records in memory until `release()` writes them in one go (one call's

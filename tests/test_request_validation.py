@@ -269,3 +269,33 @@ def test_a_call_whose_journal_write_fails_changes_nothing_and_a_retry_completes_
     again.journal.close()
     final = make(restore=True)
     assert final.trials[trial.trial_id].status == Status.COMPLETED and final.end_order == [trial.trial_id]
+
+
+def test_while_writes_fail_a_call_is_refused_by_one_probe_without_a_reload(tmp_path, monkeypatch):
+    """On a full disk every worker's retry would otherwise cost a reload of the whole state."""
+    from kt_cluster.chief.oracle import cluster_oracle_class
+    from kt_cluster.chief.state import JournalWriteError
+
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 1, 1000)
+    oracle = cluster_oracle_class(keras_tuner.oracles.RandomSearchOracle)(
+        objective=keras_tuner.Objective("val_f1", "max"), max_trials=10, hyperparameters=hp, seed=1)
+    oracle._set_project_dir(str(tmp_path), "search")
+    oracle.setup_cluster(tmp_path / "state", 60.0, 600.0, False)
+    oracle.save()
+    journal = oracle.journal
+    real_fd = journal._open()
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    journal._fd = read_only
+    with pytest.raises(JournalWriteError):
+        oracle.create_trial("w0", session="s0")  # fails, and is undone by a reload
+    reloads = []
+    monkeypatch.setattr(type(oracle), "reload", lambda self: reloads.append(1))
+    for _ in range(3):
+        with pytest.raises(JournalWriteError):
+            oracle.create_trial("w1", session="s1")
+    assert reloads == [] and not oracle.trials and oracle.status()["trials"] == {}
+    journal._fd = real_fd  # room again
+    os.close(read_only)
+    assert oracle.create_trial("w1", session="s1").status == Status.RUNNING
+    assert not journal.failing

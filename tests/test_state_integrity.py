@@ -27,11 +27,11 @@ SEARCH = "integrity"
 TRIALS = 42
 
 
-def drive(search: Path, trials: int = TRIALS, compact_after: int = 10) -> None:
+def drive(search: Path, trials: int = TRIALS, compact_after: int = 10, max_trials: int = 100) -> None:
     hp = keras_tuner.HyperParameters()
     hp.Int("start_neurons", 8, 4096)
     oracle = cluster_oracle_class(keras_tuner.oracles.RandomSearchOracle)(
-        objective=keras_tuner.Objective("val_f1", "max"), max_trials=100, hyperparameters=hp, seed=1)
+        objective=keras_tuner.Objective("val_f1", "max"), max_trials=max_trials, hyperparameters=hp, seed=1)
     oracle._set_project_dir(str(search.parent), search.name)
     oracle.setup_cluster(search / "ktc-state", 60.0, 600.0, False)
     oracle.save()
