@@ -18,6 +18,7 @@ import functools
 import hmac
 import inspect
 import math
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -324,6 +325,19 @@ SERVER_OPTIONS = [
 ]
 
 
+def _bind_refusal(address: str) -> str:
+    """Why the system refuses `address` (gRPC says only "Failed to bind"), found by binding it."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
+            probe.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    except ValueError:
+        return "not a host:port address"
+    return "gRPC refused it"
+
+
 class ChiefServer:
     """The started gRPC server, serving from its own event-loop thread; `port` is the bound port."""
 
@@ -351,10 +365,10 @@ class ChiefServer:
         await self._health.register(self._server)
         try:
             port = self._server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc raises where older versions returned 0
-            raise OSError(f"cannot bind the chief's gRPC port at {address}: {exc}") from None
+        except RuntimeError:  # grpc raises where older versions returned 0
+            port = 0
         if port == 0:
-            raise OSError(f"cannot bind the chief's gRPC port at {address}")
+            raise OSError(f"cannot bind the chief's gRPC port at {address}: {_bind_refusal(address)}")
         await self._server.start()
         await self._health.serving()
         return port
