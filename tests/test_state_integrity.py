@@ -227,3 +227,30 @@ def test_rebuild_holds_the_ids_of_folders_it_cannot_read_so_no_new_trial_takes_t
     assert "trial 045: could not be kept" in result.stdout  # an id below the highest one on disk
     check = ktc("state", "check", "--config", str(config))
     assert check.returncode == 0 and "51 trials" in check.stdout, (check.stdout, check.stderr)
+
+
+@pytest.mark.parametrize("which", ["oracle", "metrics"])
+def test_a_port_in_use_stops_the_chief_in_one_line_after_it_cleaned_its_leftover_temporary_files(pristine, tmp_path, which):
+    import socket
+
+    search, config = case(pristine, tmp_path)
+    leftovers = [search / "trial_003" / ".trial.tmp-4242.json", search / "ktc-state" / ".snapshot.tmp-4242.json"]
+    for path in leftovers:  # writes a kill or a full disk cut short
+        path.write_text('{"half')
+    workers_own = search / "trial_003" / ".checkpoint.tmp-4242.weights.h5"
+    workers_own.write_bytes(b"\0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = free_ports(1)[0]
+        oracle_port, metrics_port = (port, other) if which == "oracle" else (other, port)
+        result = subprocess.run(
+            [sys.executable, "-m", "kt_cluster", "chief", "--config", str(config), "--insecure",
+             "--metrics-port", str(metrics_port)], capture_output=True, text=True, timeout=180,
+            env=dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(oracle_port)))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ktc chief:")]
+    assert result.returncode == 5, result.stderr[-3000:]
+    assert len(errors) == 1 and str(port) in errors[0] and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not any(path.exists() for path in leftovers)  # the chief's own leftovers are cleaned at start
+    assert workers_own.exists()  # a worker's, which may be writing it right now, is not the chief's to remove
