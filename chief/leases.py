@@ -58,6 +58,13 @@ class LeaseTable:
         if epoch is not None:
             lease.epoch = max(lease.epoch, epoch)
 
+    def held(self) -> dict[str, Lease]:
+        """trial id -> its lease, a copy of the table (to put leases back after a rollback)."""
+        return dict(self._by_trial)
+
+    def put(self, lease: Lease) -> None:
+        self._by_trial[lease.trial_id] = lease
+
     def release(self, trial_id: str) -> None:
         self._by_trial.pop(trial_id, None)
 

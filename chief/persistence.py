@@ -25,7 +25,7 @@ from typing import Any
 from keras_tuner.engine import trial as trial_module
 
 from kt_cluster.chief.ongoing import OngoingTrials
-from kt_cluster.chief.state import Journal, Replayed, StateError, compact_json
+from kt_cluster.chief.state import Journal, JournalWriteError, Replayed, StateError, compact_json
 from kt_cluster.core import compat
 from kt_cluster.core.atomic_files import atomic_write
 
@@ -144,14 +144,14 @@ class JournalMapping:
 
     def reload(self) -> None:
         """The in-memory oracle as the journal on disk says (the truth), after a failed write."""
-        leases = {trial_id: self.leases.get(trial_id) for trial_id in list(self.leases._by_trial)}
+        leases = self.leases.held()
         self._ended_json.clear()
         self._pending_files = []
         JournalMapping.restore(self)  # not the guarded one: the caller holds the lock, writes fail
         for tuner_id, trial in self.ongoing_trials.items():
             lease = leases.get(trial.trial_id)
             if lease is not None and lease.tuner_id == tuner_id:
-                self.leases._by_trial[trial.trial_id] = lease  # the holder keeps its session and term
+                self.leases.put(lease)  # the holder keeps its session and term
         for trial_id in set(leases) - {t.trial_id for t in self.ongoing_trials.values()}:
             self.leases.release(trial_id)
         self.stop_requested &= set(self.trials)
@@ -230,5 +230,7 @@ class JournalMapping:
         if self.journal.records >= SNAPSHOT_EVERY:
             try:
                 self._compact()
+            except JournalWriteError:
+                raise  # the call's own records (written first) failed: the call fails
             except OSError as exc:  # a full disk: the journal goes on; the next call tries again
                 log.warning("could not compact the journal into a snapshot: %s", exc)
