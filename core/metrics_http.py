@@ -40,12 +40,14 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, port: int, address: str = "0.0.0.0",
                  max_connections: int = MAX_CONNECTIONS, read_timeout: float = READ_TIMEOUT_SECONDS,
+                 write_timeout: float = WRITE_TIMEOUT_SECONDS,
                  render_interval: float = RENDER_INTERVAL_SECONDS, max_replies_per_second: float = MAX_REPLIES_PER_SECOND,
                  render: Callable[[CollectorRegistry], bytes] = generate_latest):
         self._registry = registry
         self._render = render
         self._max_connections = max_connections
         self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
         self._render_interval = render_interval
         self._reply_interval = 1.0 / max_replies_per_second
         self._next_reply = 0.0  # monotonic time of the next free reply slot
@@ -73,6 +75,10 @@ class MetricsServer:
             writer.transport.abort()  # over the cap: no reply, nothing held
             return
         self._open += 1
+        # No write buffer allowance: drain() returns once the whole reply is with the kernel, so the
+        # write timeout covers all of it, and a reader that stops reading is cut off, not buffered for.
+        writer.transport.set_write_buffer_limits(high=0)
+        sent = False
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
@@ -86,12 +92,16 @@ class MetricsServer:
                 status, body, content_type = self._answer(head)
             writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                          % (status, content_type, len(body)) + body)
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(writer.drain(), self._write_timeout)
+            sent = True
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             self._open -= 1
-            writer.transport.abort()  # one request per connection; nothing left to flush after drain
+            if sent:
+                writer.close()  # one request per connection
+            else:
+                writer.transport.abort()  # nothing to send, or a reader that does not read
 
     def _reply_slot(self) -> float | None:
         """Seconds to wait for this request's turn, or None when it would outlast the read timeout."""

@@ -141,3 +141,52 @@ def test_only_get_metrics_is_served_and_a_bad_request_is_refused(chief):
         except ConnectionResetError:
             pass
     assert os.path.exists(f"/proc/{chief.procs['chief'].pid}")
+
+
+def big_registry(lines: int):
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauge = Gauge("padding", "Many series, for a large reply.", ["n"], registry=registry)
+    for n in range(lines):
+        gauge.labels(n=str(n)).set(n)
+    return registry
+
+
+def http_get(port: int, read_slowly: bool = False) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+            if read_slowly:
+                time.sleep(0.001)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_large_reply_reaches_a_slow_reader_whole_and_a_reader_that_stops_is_cut_off():
+    server = metrics_http.MetricsServer(big_registry(20_000), 0, address="127.0.0.1", write_timeout=2.0)
+    try:
+        head, body = http_get(server.port, read_slowly=True)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        assert b" 200 " in head.split(b"\r\n")[0] and len(body) == length > 500_000
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            time.sleep(0.5)
+            assert server.open_connections == 1
+            time.sleep(2.5)  # past the write timeout: dropped, not buffered for
+            assert server.open_connections == 0
+    finally:
+        server.stop()
+
+
+def test_scrapes_beyond_the_pace_wait_their_turn_or_get_429():
+    server = metrics_http.MetricsServer(big_registry(1), 0, address="127.0.0.1", read_timeout=0.5,
+                                        max_replies_per_second=1.0)
+    try:
+        statuses = [http_get(server.port)[0].split(b"\r\n")[0].split()[1] for _ in range(3)]
+        assert statuses[0] == b"200" and b"429" in statuses[1:], statuses
+    finally:
+        server.stop()
