@@ -299,3 +299,42 @@ def test_while_writes_fail_a_call_is_refused_by_one_probe_without_a_reload(tmp_p
     os.close(read_only)
     assert oracle.create_trial("w1", session="s1").status == Status.RUNNING
     assert not journal.failing
+
+
+def test_a_config_that_allows_new_hyperparameters_takes_them_from_kt_cluster_workers_only(tmp_path):
+    """The chief's gRPC server in this process, over an oracle whose config allows new entries."""
+    from kt_cluster.chief.exporter import ChiefMetrics
+    from kt_cluster.chief.oracle import cluster_oracle_class
+    from kt_cluster.chief.service import ChiefServer
+
+    def make(restore=False):
+        hp = keras_tuner.HyperParameters()
+        hp.Int("units", 1, 1000)
+        oracle = cluster_oracle_class(keras_tuner.oracles.RandomSearchOracle)(
+            objective=keras_tuner.Objective("val_f1", "max"), max_trials=10, hyperparameters=hp, seed=1)
+        oracle._set_project_dir(str(tmp_path), "search")
+        oracle.setup_cluster(tmp_path / "state", 60.0, 600.0, False)
+        if restore:
+            assert oracle.restore()
+        else:
+            oracle.save()
+        return oracle
+
+    oracle = make()
+    server = ChiefServer(oracle, ChiefMetrics(), "127.0.0.1:0", None, search_info={}, allow_new_hyperparameters=True)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        grown = keras_tuner.HyperParameters()
+        grown.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+        request = {"hyperparameters": grown.to_proto()}
+        with grpc.insecure_channel(address) as channel:
+            stub = compat.oracle_stub_class()(channel)
+            update = compat.oracle_messages().UpdateSpaceRequest(**request)
+            with pytest.raises(grpc.RpcError) as stock:
+                stub.UpdateSpace(update, timeout=10)  # no session: a stock client, or anyone
+            assert stock.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            stub.UpdateSpace(update, metadata=WORKER, timeout=10)
+    finally:
+        server.stop(grace=0)
+    oracle.journal.close()
+    assert [hp.name for hp in make(restore=True).hyperparameters.space] == ["units", "learning_rate"]
