@@ -21,6 +21,7 @@ class Lease:
     deadline: float
     epoch: int = -1  # last epoch the holder reported (-1: none yet)
     started: float = 0.0
+    restored: bool = False  # granted by a restarted chief, before its holder called again
 
 
 class LeaseTable:

@@ -48,6 +48,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
     oracle = tuner.oracle
     oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
                          config.early_stopping_on, events=metrics, score_window=config.score_window)
+    oracle.anonymous_callers = token is None
     if oracle.restore():
         log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
         oracle.write_missing_trial_files()

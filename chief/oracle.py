@@ -151,6 +151,9 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         self.done = False
         self.failure: str | None = None
         self.lost: str | None = None  # why the oracle no longer matches its journal (the chief stops)
+        # Whether callers that name no worker (stock keras-tuner clients) are served: not by an
+        # authenticated chief, whose clients are all kt-cluster workers (stock ones send no token).
+        self.anonymous_callers = True
 
     @guarded
     def restore(self) -> bool:
@@ -206,10 +209,12 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     def _check_holder(self, trial_id: str, tuner_id: str | None, session: str | None) -> None:
         """A trial a kt-cluster worker holds (its lease has a session) answers only to that worker;
-        a caller that says nothing of itself is a stock client, matched only on stock leases."""
+        a caller that says nothing of itself is a stock client, matched only on stock leases. A
+        restarted chief learns a holder's session from its next call: until then an authenticated
+        chief's restored leases answer to no caller that names no worker either."""
         if tuner_id is None:
             lease = self.leases.get(trial_id)
-            if lease is not None and lease.session is not None:
+            if lease is not None and (lease.session is not None or lease.restored and not self.anonymous_callers):
                 raise NotHolder(f"trial {trial_id} is held by a kt-cluster worker: calls about it must carry "
                                 "its tuner id and session")
         elif not self.leases.holds(trial_id, tuner_id, session):

@@ -204,7 +204,7 @@ class JournalMapping:
                                if trial.trial_id not in self._ended and trial.trial_id not in self.retry_queue}
         self.tuner_ids = set(self.ongoing_trials)
         for tuner_id, trial in self.ongoing_trials.items():
-            self.leases.grant(trial.trial_id, tuner_id, session=None)
+            self.leases.grant(trial.trial_id, tuner_id, session=None).restored = True
             self.leases.renew(trial.trial_id, None)
 
     def _compact(self) -> None:
