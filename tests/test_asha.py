@@ -210,10 +210,10 @@ def test_chief_wrapped_oracle_restores_asha_from_its_journal(tmp_path):
     one = chief()
     one.save()
     a, b = one.create_trial("w0", "s"), one.create_trial("w1", "s")
-    for t, s in ((a, 0.2), (b, 0.8)):
-        one.update_trial(t.trial_id, {"val_f1": s}, tuner_id=None)
+    for t, s, holder in ((a, 0.2, "w0"), (b, 0.8, "w1")):  # each call from the trial's holder
+        one.update_trial(t.trial_id, {"val_f1": s}, tuner_id=holder, session="s")
         t.status = Status.COMPLETED
-        one.end_trial(t)
+        one.end_trial(t, tuner_id=holder, session="s")
     promoted = one.create_trial("w0", "s")
     assert values(promoted)["tuner/trial_id"] == b.trial_id and values(promoted)["tuner/epochs"] == 2
     two = chief()
