@@ -2,6 +2,7 @@
 holding threads, and concurrent scrapers cost the chief's RPCs no more than one scrape does."""
 
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -90,40 +91,54 @@ class Trials:
 
 
 SCRAPERS = textwrap.dedent("""
-    import sys, threading, time, urllib.request
-    url, count, until = sys.argv[1], [0], time.monotonic() + float(sys.argv[2])
+    import os, signal, sys, threading, time, urllib.request
+    url, count = sys.argv[1], [0]
+    signal.signal(signal.SIGTERM, lambda *_: (print(count[0], flush=True), os._exit(0)))
     def scrape():
-        while time.monotonic() < until:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                response.read()
-            count[0] += 1
-    threads = [threading.Thread(target=scrape) for _ in range(16)]
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    response.read()
+                count[0] += 1
+            except OSError:
+                time.sleep(0.1)
+    threads = [threading.Thread(target=scrape, daemon=True) for _ in range(16)]
     [t.start() for t in threads]
-    [t.join() for t in threads]
-    print(count[0])
+    time.sleep(float(sys.argv[2]))
 """)
 
 
 def test_concurrent_scrapers_cost_rpcs_no_more_than_one_scrape(chief):
     trials = Trials(chief.address)
     trials.p50(5)  # warm up
-    baseline = trials.p50(40)
-    # The scrapers run in a process of their own: in this one they would take the timed client's GIL.
+    # The scrapers run in a process of their own (in this one they would take the timed client's GIL),
+    # paused and resumed in alternating blocks of trials: load from outside this test, which drifts
+    # over seconds on a shared machine, falls on both sides alike.
     scrapers = subprocess.Popen([sys.executable, "-c", SCRAPERS,
-                                 f"http://127.0.0.1:{chief.chief_metrics_port}/metrics", "6"],
+                                 f"http://127.0.0.1:{chief.chief_metrics_port}/metrics", "120"],
                                 stdout=subprocess.PIPE, text=True)
+    quiet, loaded = [], []
     try:
         time.sleep(1.0)
-        loaded = trials.p50(40)
-        out, _ = scrapers.communicate(timeout=60)
+        for block in range(8):
+            scraping = block % 2 == 0
+            scrapers.send_signal(signal.SIGCONT if scraping else signal.SIGSTOP)
+            time.sleep(0.2)
+            (loaded if scraping else quiet).extend(trials.one() for _ in range(10))
+        scrapers.send_signal(signal.SIGCONT)
+        time.sleep(0.2)  # resumed before it is told to report: a SIGTERM right behind SIGCONT can be lost
+        scrapers.terminate()
+        served = int(scrapers.communicate(timeout=30)[0])
     finally:
         scrapers.kill()
-    print(f"normal trial p50: {baseline * 1000:.1f} ms alone, {loaded * 1000:.1f} ms with 16 scrapers "
-          f"({out.strip()} scrapes)")
-    assert int(out) > 100, "the scrapers did not scrape"
-    # One render per interval for all scrapers; before, each scrape rendered the exposition under
-    # the oracle's lock: 5 -> 30 ms measured the same way on this 2-core machine.
-    assert loaded < 2 * baseline + 0.004, f"p50 {baseline * 1000:.1f} ms -> {loaded * 1000:.1f} ms"
+        scrapers.wait()
+    alone, with_scrapers = statistics.median(quiet), statistics.median(loaded)
+    print(f"normal trial p50: {alone * 1000:.1f} ms alone, {with_scrapers * 1000:.1f} ms with 16 scrapers "
+          f"({served} scrapes)")
+    assert served > 16, "the scrapers did not scrape"
+    # One render per interval for all scrapers, replies paced; before, each scrape rendered the
+    # exposition under the oracle's lock: 5 -> 30 ms measured the same way on this 2-core machine.
+    assert with_scrapers < 2 * alone + 0.004, f"p50 {alone * 1000:.1f} ms -> {with_scrapers * 1000:.1f} ms"
 
 
 def test_only_get_metrics_is_served_and_a_bad_request_is_refused(chief):
@@ -165,19 +180,12 @@ def http_get(port: int, read_slowly: bool = False) -> tuple[bytes, bytes]:
     return head, body
 
 
-def test_a_large_reply_reaches_a_slow_reader_whole_and_a_reader_that_stops_is_cut_off():
-    server = metrics_http.MetricsServer(big_registry(20_000), 0, address="127.0.0.1", write_timeout=2.0)
+def test_a_large_reply_reaches_a_slow_reader_whole():
+    server = metrics_http.MetricsServer(big_registry(20_000), 0, address="127.0.0.1")
     try:
         head, body = http_get(server.port, read_slowly=True)
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
         assert b" 200 " in head.split(b"\r\n")[0] and len(body) == length > 500_000
-        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            stalled.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-            time.sleep(0.5)
-            assert server.open_connections == 1
-            time.sleep(2.5)  # past the write timeout: dropped, not buffered for
-            assert server.open_connections == 0
     finally:
         server.stop()
 
