@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -200,6 +201,18 @@ def _check_search_over(chief: Child, workers: list[Child], address: str, token: 
     raise NoWorkerLeft(f"every worker has exited ({exits}) but the search is not over{remaining}")
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached `ktc local`: stop the search, the children handing back."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
 def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: bool = False) -> int:
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
@@ -213,15 +226,19 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
         print(f"ktc local: warning: {warning}", flush=True)
     print(f"ktc local: {prepare_data(config)}", flush=True)
     config_path, token_path = write_run_files(config)
+    # Both signals, whatever was inherited: a shell starts background jobs with SIGINT ignored,
+    # and the children run in sessions of their own, so a default SIGTERM would orphan them.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     children, address = start(config, config_path, token_path, workers, base_port)
     code, failed = 1, True
     try:
         code = monitor(children, address, token_path.read_text(), ProgressView(quiet), search_dir / STATUS_FILE)
         failed = code != 0
         wait_all(children[1:], STOP_GRACE_SECONDS)  # workers exit once told the search is over
-    except KeyboardInterrupt:
+    except Interrupted as exc:
         print("\nktc local: interrupted; stopping (workers hand their trials back)", flush=True)
-        code, failed = 130, False
+        code, failed = 128 + exc.signum, False
     except NoWorkerLeft as exc:
         print(f"ktc local: {exc}; stopping the chief (its state is kept: run the same command to resume)",
               flush=True)

@@ -168,7 +168,8 @@ def test_results_command_exports_every_trial(local_search):
     assert len(rows) == 4 and all(r["status"] == "COMPLETED" and "start_neurons" in r for r in rows)
 
 
-def test_ctrl_c_stops_the_search_and_leaves_no_process_behind(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_search_and_leaves_no_process_behind(tmp_path, signum):
     config = merge(TINY, {"max_trials": 6, "epochs": 30, "data": {"synthetic": True}})
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
     results = tmp_path / "results-ctrl-c"
@@ -179,8 +180,8 @@ def test_ctrl_c_stops_the_search_and_leaves_no_process_behind(tmp_path):
         run.wait_for(lambda s: len(s["running"]) == 2, what="both workers training")
         children = [pid for pid in processes_mentioning(str(results)) if pid != run.proc.pid]
         assert sorted(children) == sorted(pids)  # chief and two workers
-        run.proc.send_signal(signal.SIGINT)
-        assert run.finish(timeout=120) == 130, run.output
+        run.proc.send_signal(signum)
+        assert run.finish(timeout=120) == 128 + signum, run.output
         assert "interrupted" in run.output
         assert processes_mentioning(str(results)) == []
 
