@@ -91,13 +91,3 @@ def status(address: str, token: str | None, timeout: float = 10.0) -> dict[str, 
         call = channel.unary_unary(method_path(COORDINATOR_SERVICE, "Status"),
                                    request_serializer=encode, response_deserializer=decode)
         return call({}, metadata=metadata, timeout=timeout)
-
-
-def check_tuner_id(tuner_id: str | None) -> str:
-    if not tuner_id:
-        raise ConfigError("KERASTUNER_TUNER_ID: must be set to this worker's id, such as worker-0")
-    if "chief" in tuner_id:
-        # keras-tuner turns any process whose id contains "chief" into a second chief.
-        raise ConfigError(f"KERASTUNER_TUNER_ID: {tuner_id!r} contains 'chief', which keras-tuner reserves "
-                          "for the chief; use an id such as worker-0")
-    return tuner_id

@@ -7,12 +7,13 @@ restart and watch them, through the same supervisor as `ktc local` (`kt_cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -144,3 +145,18 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_chief(tmp: Path, config: dict[str, Any], before_start: Callable[[Cluster], None] | None = None
+                  ) -> Iterator[Cluster]:
+    """A chief with no worker, answering, for tests that call it directly; stopped afterwards."""
+    c = Cluster(tmp, config=config)
+    if before_start:
+        before_start(c)
+    c.start_chief()
+    try:
+        c.wait_for(lambda s: True, timeout=120, what="chief up")
+        yield c
+    finally:
+        c.stop()

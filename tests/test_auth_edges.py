@@ -17,18 +17,16 @@ from kt_cluster.core.config import ConfigError
 pytestmark = pytest.mark.timeout(300)
 
 
+def _token_readable_by_others(c) -> None:
+    c.token_path.chmod(0o644)  # what `echo token > file` leaves with umask 022
+
+
 @pytest.fixture(scope="module")
 def chief(tmp_path_factory):
-    from harness import Cluster
+    from harness import running_chief
 
-    c = Cluster(tmp_path_factory.mktemp("auth"), config={"max_trials": 2})
-    c.token_path.chmod(0o644)  # what `echo token > file` leaves with umask 022
-    c.start_chief()
-    try:
-        c.wait_for(lambda s: True, timeout=120, what="chief up")
+    with running_chief(tmp_path_factory.mktemp("auth"), {"max_trials": 2}, before_start=_token_readable_by_others) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def get_space(address, authorization):

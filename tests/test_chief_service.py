@@ -30,15 +30,10 @@ def coordinator_call(address, method, raw: bytes, token=TOKEN):
 
 @pytest.fixture(scope="module")
 def chief(tmp_path_factory):
-    from harness import Cluster
+    from harness import running_chief
 
-    c = Cluster(tmp_path_factory.mktemp("service"), config={"max_trials": 2})
-    c.start_chief()
-    try:
-        c.wait_for(lambda s: True, timeout=120, what="chief up")
+    with running_chief(tmp_path_factory.mktemp("service"), {"max_trials": 2}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def code_of(call):

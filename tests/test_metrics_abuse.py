@@ -22,15 +22,10 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def chief(tmp_path_factory):
-    from harness import Cluster
+    from harness import running_chief
 
-    c = Cluster(tmp_path_factory.mktemp("metrics-abuse"), config={"max_trials": 10_000, "space": {"start_neurons": {"min": 8, "max": 100_000, "step": 1}}})
-    c.start_chief()
-    try:
-        c.wait_for(lambda s: True, timeout=120, what="chief up")
+    with running_chief(tmp_path_factory.mktemp("metrics-abuse"), {"max_trials": 10_000, "space": {"start_neurons": {"min": 8, "max": 100_000, "step": 1}}}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def threads_of(pid: int) -> int:

@@ -44,15 +44,10 @@ def code_of(call):
 
 @pytest.fixture(scope="module")
 def chief(tmp_path_factory):
-    from harness import Cluster
+    from harness import running_chief
 
-    c = Cluster(tmp_path_factory.mktemp("validation"), config={"max_trials": 20})
-    c.start_chief()
-    try:
-        c.wait_for(lambda s: True, timeout=120, what="chief up")
+    with running_chief(tmp_path_factory.mktemp("validation"), {"max_trials": 20}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def space(chief) -> list:
