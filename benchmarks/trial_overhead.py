@@ -36,6 +36,11 @@ and the worker's start-up (devices, class statistics, tuner; TensorFlow is alrea
 shown once per worker. "train %" is steps / trial wall time; "train+val %" adds the validation
 passes (the evaluation that produces the trial's objective every epoch), the target's measure:
 >= 90 % for trials of about 60 s.
+
+With `--clock cpu` every phase is timed in the worker process's CPU seconds instead (the worker
+gets one TensorFlow thread): on a shared machine other jobs stretch wall time unevenly (a step
+that waits for a core counts as a stall), CPU seconds not. One thread busy all the time, as on an
+idle machine, makes the two the same; waits (on the chief, on disk) then count as nothing.
 """
 
 from __future__ import annotations
@@ -62,10 +67,13 @@ PHASES = ("steps", "first_step", "stalls", "validation", "epoch_end", "setup", "
 
 # --- one side: runs inside a worker process ---------------------------------------------------
 
+now = time.perf_counter  # the side's clock: wall time, or the process's CPU time (`--clock cpu`)
+
+
 class Trial:
     def __init__(self, trial_id: str, create_seconds: float):
         self.trial_id, self.create_seconds = trial_id, create_seconds
-        self.start = time.perf_counter()
+        self.start = now()
         self.started_at = time.time() - create_seconds  # wall clock, comparable across processes
         self.epochs_at: list[float] = []
         self.steps_at: list[float] = []
@@ -104,9 +112,9 @@ class Recorder:
         create, update, end = (getattr(client_module.ChiefClient, n) for n in ("create_trial", "update_trial", "end_trial"))
 
         def timed_create(client, *args, **kwargs):
-            started = time.perf_counter()
+            started = now()
             trial = create(client, *args, **kwargs)
-            recorder.last_create = time.perf_counter() - started
+            recorder.last_create = now() - started
             return trial
 
         def timed_run_trial(worker, trial):
@@ -115,7 +123,7 @@ class Recorder:
             try:
                 return run_trial(worker, trial)
             finally:
-                recorder.current.end = time.perf_counter()
+                recorder.current.end = now()
                 recorder.current.ended_at = time.time()
                 recorder.trials.append(recorder.current)
                 if recorder.on_trial is not None:
@@ -123,13 +131,13 @@ class Recorder:
 
         def timed(method, attribute):
             def call(client, *args, **kwargs):
-                started = time.perf_counter()
+                started = now()
                 try:
                     return method(client, *args, **kwargs)
                 finally:
                     if recorder.current is not None:
                         setattr(recorder.current, attribute,
-                                getattr(recorder.current, attribute) + time.perf_counter() - started)
+                                getattr(recorder.current, attribute) + now() - started)
             return call
 
         client_module.ChiefClient.create_trial = timed_create
@@ -150,7 +158,7 @@ def _callback_classes():
             self.trial = trial
 
         def on_train_begin(self, logs=None):
-            self.trial.fit_begin = time.perf_counter()
+            self.trial.fit_begin = now()
             self.trial.jit_compile = bool(self.model.jit_compile)
             self.trial.policy = self.model.dtype_policy.name
 
@@ -158,14 +166,14 @@ def _callback_classes():
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            self.trial.steps.append((self.epoch, time.perf_counter() - self.trial._step_start))
+            self.trial.steps.append((self.epoch, now() - self.trial._step_start))
             self.trial.steps_at.append(time.time())
 
         def on_test_begin(self, logs=None):
-            self.trial._test_start = time.perf_counter()
+            self.trial._test_start = now()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.trial._epoch_end_start = time.perf_counter()
+            self.trial._epoch_end_start = now()
 
     class Tail(keras.callbacks.Callback):
         """Last in the list: sees each hook after every other callback."""
@@ -175,18 +183,18 @@ def _callback_classes():
             self.trial = trial
 
         def on_train_batch_begin(self, batch, logs=None):
-            self.trial._step_start = time.perf_counter()
+            self.trial._step_start = now()
 
         def on_test_end(self, logs=None):
-            self.trial.validation.append(time.perf_counter() - self.trial._test_start)
+            self.trial.validation.append(now() - self.trial._test_start)
 
         def on_epoch_end(self, epoch, logs=None):
-            self.trial.epoch_end.append(time.perf_counter() - self.trial._epoch_end_start)
+            self.trial.epoch_end.append(now() - self.trial._epoch_end_start)
             self.trial.epochs_at.append(time.time())
             self.trial.epochs += 1
 
         def on_train_end(self, logs=None):
-            self.trial.fit_end = time.perf_counter()
+            self.trial.fit_end = now()
 
     return Head, Tail
 
@@ -224,10 +232,14 @@ def split(trial: Trial) -> dict[str, float]:
 
 
 def observe_worker(config_path: str, address: str, metrics_port: int | None = None,
-                   tuner_id: str = "worker-0", threads: int | None = None, save: Path | None = None) -> dict:
+                   tuner_id: str = "worker-0", threads: int | None = None, save: Path | None = None,
+                   clock: str = "wall") -> dict:
     """Run the production worker loop in this process until the search is over (or SIGTERM),
     observed: the split of every trial, the worker's start-up and wall time (also written to
-    `save` after every trial, so that a killed worker leaves what it measured)."""
+    `save` after every trial, so that a killed worker leaves what it measured). `clock` "cpu"
+    times every phase in this process's CPU seconds instead of wall seconds."""
+    global now
+    now = time.process_time if clock == "cpu" else time.perf_counter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
@@ -243,13 +255,13 @@ def observe_worker(config_path: str, address: str, metrics_port: int | None = No
     recorder = Recorder()
     recorder.install(worker_module, client_module)
     config = load(config_path, env={})
-    started = time.perf_counter()
+    started = now()
     first_create = []
     create = client_module.ChiefClient.create_trial
 
     def note_first(client, *a, **kw):
         if not first_create:
-            first_create.append(time.perf_counter())
+            first_create.append(now())
         return create(client, *a, **kw)
 
     client_module.ChiefClient.create_trial = note_first
@@ -259,7 +271,7 @@ def observe_worker(config_path: str, address: str, metrics_port: int | None = No
                        steps_at=t.steps_at, step_seconds=[d for _, d in t.steps], epochs_at=t.epochs_at,
                        jit_compile=t.jit_compile, policy=t.policy)
                   for t in recorder.trials]
-        wall = time.perf_counter() - started
+        wall = now() - started
         return {"wall": wall, "startup": (first_create[0] - started) if first_create else wall, "trials": trials}
 
     if save is not None:
@@ -342,7 +354,8 @@ def run_search(side: str, pythonpath: str | None, data: Path, size: int, epochs:
         out = work / "worker.json"
         with open(work / "worker.log", "wb") as log:
             worker = subprocess.Popen([sys.executable, __file__, "--side", "--config", str(config_path),
-                                       "--address", f"127.0.0.1:{port}", "--json", str(out)],
+                                       "--address", f"127.0.0.1:{port}", "--json", str(out), "--clock", args.clock,
+                                       *(["--threads", str(args.threads)] if args.threads else [])],
                                       env=dict(env, KERASTUNER_TUNER_ID="worker-0"), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         if worker.wait() != 0:
@@ -402,12 +415,20 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=4, help="trials per search (the first one also pays first-time costs)")
     p.add_argument("--data-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ktc-overhead-bench"))
     p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time phases in wall seconds, or in the worker process's CPU seconds (unchanged by "
+                        "other jobs' load; with one TensorFlow thread, what an idle machine's wall time would be)")
+    p.add_argument("--threads", type=int, help="TensorFlow threads of the worker (default: TensorFlow's choice; "
+                                               "1 with --clock cpu)")
     p.add_argument("--side", action="store_true", help=argparse.SUPPRESS)  # internal: one worker process
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.clock == "cpu" and args.threads is None:
+        args.threads = 1
     if args.side:
-        Path(args.json).write_text(json.dumps(observe_worker(args.config, args.address)))
+        Path(args.json).write_text(json.dumps(observe_worker(args.config, args.address, threads=args.threads,
+                                                             clock=args.clock)))
         return 0
 
     sys.path.insert(0, str(REPO))
@@ -422,7 +443,9 @@ def main() -> int:
         sides = [("this tree", str(source_tree(snapshot_revision(), tmp / "this")))]
         if args.baseline:
             sides.insert(0, (f"baseline {args.baseline}", str(source_tree(args.baseline, tmp / "baseline"))))
-        print(f"{os.cpu_count()} cores; sides: {', '.join(s for s, _ in sides)}", flush=True)
+        print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; clock: {args.clock}; "
+              f"worker threads: {args.threads or 'TensorFlow default'}; sides: {', '.join(s for s, _ in sides)}",
+              flush=True)
         for name, data in sets.items():
             for epochs in lengths:
                 for side, path in sides:  # alternate sides per setting, so load changes hit both
