@@ -73,6 +73,12 @@ def _unique_losses(values: list[str]) -> list[str]:
     return values
 
 
+def _unique_momenta(values: list[float]) -> list[float]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not name a momentum twice, got {values}")
+    return values
+
+
 def _number_text(value: Any) -> Any:
     """YAML 1.1 reads `1e-4` (no dot) as a string: a number all the same."""
     if isinstance(value, str):
@@ -138,6 +144,13 @@ class SpaceConfig(_Model):
                                                  "before it (true) or keep it before (false).")
     activation: list[Activation] = Field(default_factory=lambda: ["mish", "elu", "lrelu"], min_length=1,
                                          description="Activations searched, an unordered choice.")
+    bn_momentum: Annotated[list[Annotated[float, BeforeValidator(_number_text), Field(gt=0, lt=1)]],
+                           AfterValidator(_unique_momenta)] = Field(
+        default_factory=lambda: [0.99, 0.9], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Batch normalisation momenta searched, an unordered choice (one: fixed): 0.99 (Keras' "
+                    "default) averages the batch statistics used at validation over about 100 steps, 0.9 "
+                    "over about 10; with a few dozen steps per epoch the first lags the weights for "
+                    "several epochs.")
     loss: Annotated[list[Loss], AfterValidator(_unique_losses)] = Field(
         default_factory=lambda: ["weighted_bce"], min_length=1, json_schema_extra={"uniqueItems": True},
         description="Losses searched, an unordered choice (one: fixed): weighted_bce (the article's binary "

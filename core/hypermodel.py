@@ -26,8 +26,9 @@ class HypermodelError(ConfigError):
 def default_space_builder(config: SearchConfig,
                           class_fractions: Sequence[float] | None = None) -> ModelBuilder:
     """The article's `model_builder(hp)`, with net_depth clamped once to what the image size allows,
-    plus what the space adds to it when set: the loss (`space.loss`, when it names more than one)
-    and Adam's learning rate (`space.learning_rate`)."""
+    plus what the space adds to it: batch normalisation's momentum (`space.bn_momentum`) and the
+    loss (`space.loss`), each when it names more than one, and Adam's learning rate
+    (`space.learning_rate`) when set."""
     space, data = config.space, config.data
     depth_min, depth_max = _net_depth_range(config)
     pos_weights = _pos_weights(class_fractions, len(data.classes))
@@ -42,6 +43,8 @@ def default_space_builder(config: SearchConfig,
             dropout=hp.Boolean("dropout", default=False) if space.dropout else False,
             bn_after_act=hp.Boolean("bn_after_act", default=False) if space.bn_after_act else False,
             activation=hp.Choice("activation", space.activation, ordered=False),
+            bn_momentum=(hp.Choice("bn_momentum", space.bn_momentum, ordered=False)
+                         if len(space.bn_momentum) > 1 else space.bn_momentum[0]),
         )
         loss = hp.Choice("loss", space.loss, ordered=False) if len(space.loss) > 1 else space.loss[0]
         rates = space.learning_rate

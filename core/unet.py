@@ -48,10 +48,11 @@ def multiply_adds(size: int, channels: int, start_neurons: int, net_depth: int, 
 
 def unet(input_size: tuple[int, int, int], start_neurons: int, net_depth: int, output_classes: int,
          dropout: bool = False, bn_after_act: bool = False, activation: str = "mish",
-         weights: str | None = None) -> keras.Model:
-    """Build a U-Net; `weights` is an optional local `.weights.h5` or `.keras` file (never downloaded)."""
+         weights: str | None = None, bn_momentum: float = 0.99) -> keras.Model:
+    """Build a U-Net; `weights` is an optional local `.weights.h5` or `.keras` file (never downloaded);
+    `bn_momentum` is every batch normalisation's momentum (0.99: Keras' default)."""
     _check_args(input_size, start_neurons, net_depth, output_classes, activation)
-    block = _Cascade(activation, bn_after_act)
+    block = _Cascade(activation, bn_after_act, bn_momentum)
     inputs = keras.Input(shape=input_size, name="image")
     x, skips = inputs, []
     for level in range(net_depth - 1):
@@ -94,9 +95,10 @@ def _check_args(input_size: tuple[int, int, int], start_neurons: int, net_depth:
 class _Cascade:
     """Two 3x3 conv -> BatchNorm/activation pairs; BN goes before the activation unless bn_after_act."""
 
-    def __init__(self, activation: str, bn_after_act: bool) -> None:
+    def __init__(self, activation: str, bn_after_act: bool, bn_momentum: float = 0.99) -> None:
         self.activation = activation
         self.bn_after_act = bn_after_act
+        self.bn_momentum = bn_momentum
 
     def __call__(self, x, filters: int, name: str):
         for i in (1, 2):
@@ -105,9 +107,9 @@ class _Cascade:
                               name=f"{name}_conv{i}")(x)
             if self.bn_after_act:
                 x = self._activate(x, f"{name}_act{i}")
-                x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+                x = layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn{i}")(x)
             else:
-                x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+                x = layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn{i}")(x)
                 x = self._activate(x, f"{name}_act{i}")
         return x
 

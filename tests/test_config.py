@@ -69,6 +69,7 @@ def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spi
     assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("hyperband", 3, None, 30)
     assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
+    assert config.space.bn_momentum == [0.99, 0.9]
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -77,6 +78,9 @@ def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spi
     ({"min_epochs": 0}, "min_epochs"),
     ({"space": {"loss": ["dice"]}}, "space.loss"),
     ({"space": {"loss": ["bce_dice", "bce_dice"]}}, "space.loss"),
+    ({"space": {"bn_momentum": [1.0]}}, "space.bn_momentum"),
+    ({"space": {"bn_momentum": [0.9, 0.9]}}, "space.bn_momentum"),
+    ({"space": {"bn_momentum": []}}, "space.bn_momentum"),
     ({"space": {"learning_rate": {"min": 0.01, "max": 0.001}}}, "space.learning_rate.max"),
     ({"space": {"learning_rate": {"min": 0, "max": 0.001}}}, "space.learning_rate.min"),
     ({"space": {"learning_rate": {"min": 1e-4, "max": 1e-2, "step": 1}}}, "space.learning_rate.step"),

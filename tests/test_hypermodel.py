@@ -33,10 +33,10 @@ def _space(builder) -> dict[str, keras_tuner.engine.hyperparameters.HyperParamet
     return {p.name: p for p in hp.space}
 
 
-def test_default_space_has_exactly_the_articles_hyperparameters():
+def test_default_space_is_the_articles_hyperparameters_and_the_batch_norm_momentum():
     space = _space(default_space_builder(SearchConfig()))
 
-    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation"]
+    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation", "bn_momentum"]
     start, depth = space["start_neurons"], space["net_depth"]
     assert isinstance(start, keras_tuner.engine.hyperparameters.Int)
     assert (start.min_value, start.max_value, start.step) == (16, 128, 16)
@@ -48,6 +48,29 @@ def test_default_space_has_exactly_the_articles_hyperparameters():
     activation = space["activation"]
     assert isinstance(activation, keras_tuner.engine.hyperparameters.Choice)
     assert activation.values == ["mish", "elu", "lrelu"] and activation.ordered is False
+    momentum = space["bn_momentum"]
+    assert isinstance(momentum, keras_tuner.engine.hyperparameters.Choice)
+    assert momentum.values == [0.99, 0.9] and momentum.ordered is False
+
+
+@pytest.mark.parametrize("value", [0.99, 0.9])
+def test_the_sampled_batch_norm_momentum_reaches_every_batch_norm_layer(value):
+    hp = keras_tuner.HyperParameters()
+    hp.values["bn_momentum"] = value
+    model = default_space_builder(_config(image_size=16))(hp)
+
+    norms = _layers(model, keras.layers.BatchNormalization)
+    assert norms and {layer.momentum for layer in norms} == {value}
+
+
+def test_one_batch_norm_momentum_is_fixed_and_not_searched():
+    config = _config(image_size=16)
+    config.space.bn_momentum = [0.8]
+    hp = keras_tuner.HyperParameters()
+    model = default_space_builder(config)(hp)
+
+    assert "bn_momentum" not in hp.values
+    assert {layer.momentum for layer in _layers(model, keras.layers.BatchNormalization)} == {0.8}
 
 
 def test_net_depth_max_is_clamped_to_the_image_size_with_one_warning(caplog):
