@@ -45,6 +45,10 @@ class ChiefMetrics(Events):
         self.token_file_exposed = Gauge(
             "ktc_chief_auth_token_file_exposed",
             "1 when the bearer token file is readable by others or by a group the chief is not in.", registry=r)
+        self.config_refused = Gauge(
+            "ktc_chief_config_refused",
+            "1 while the chief refuses to start: the configured search differs in meaning from the stored one "
+            "(its log says which field).", registry=r)
         self._rpc_children: dict[tuple[str, str], tuple] = {}
         # Create every labelled series at 0, so rate() counts the first event too.
         for status in ("completed", "failed", "invalid"):

@@ -1,4 +1,5 @@
-"""Keep the worker StatefulSet at zero replicas once the search is over.
+"""Keep the worker StatefulSet at zero replicas once the search is over, and scale it back up
+when a start reopens the search.
 
 Workers exit 0 once told the search is over, and a StatefulSet restarts them (restartPolicy
 Always): without this they would start, hear "over" and exit in a loop, each holding a GPU. So
@@ -6,6 +7,12 @@ the chief scales them to zero when the search ends and, while it lingers, scales
 zero whenever something raised them again (a `helm upgrade` rendering `workers.replicas`, a
 `kubectl scale`), for as long as the search stays over. The chief's RBAC allows exactly this:
 get and patch on the `statefulsets/scale` subresource of its own worker StatefulSet.
+
+A search reopened by a raised budget (`kt_cluster.chief.main`) needs its workers again: the chief
+scales them to the chart's `workers.replicas` (`--worker-replicas`). The chart renders that count
+too on an upgrade that changes the search config, but the old chief, still lingering while the
+upgrade applies, may scale them back to zero before it is replaced: the new chief's scale-up comes
+after it, so the two end in agreement.
 
 In a pod the API is reached with the pod's service account; elsewhere (`ktc chief` started by
 hand next to a cluster) with the kubeconfig (`KUBECONFIG`, else `~/.kube/config`).
@@ -49,16 +56,27 @@ class WorkerScaler:
             self._apps = client.AppsV1Api()
         return self._apps
 
-    def scale_to_zero(self) -> bool:
+    def scale_to_zero(self, why: str = "the search is over") -> bool:
         try:
             self._patch_zero()
         except Exception as exc:  # noqa: BLE001 - API errors, no cluster config
             self._failed(exc)
             return False
-        log.info("scaled statefulset %s/%s to zero: the search is over", self.namespace, self.name)
+        log.info("scaled statefulset %s/%s to zero: %s", self.namespace, self.name, why)
         return True
 
-    def keep_at_zero(self) -> int:
+    def scale_to(self, replicas: int) -> bool:
+        """Scale to `replicas`: the workers a reopened search needs again."""
+        try:
+            self._api().patch_namespaced_stateful_set_scale(self.name, self.namespace, {"spec": {"replicas": replicas}},
+                                                            _content_type=MERGE_PATCH)
+        except Exception as exc:  # noqa: BLE001 - API errors, no cluster config
+            self._failed(exc, replicas)
+            return False
+        log.info("scaled statefulset %s/%s to %d: the search goes on", self.namespace, self.name, replicas)
+        return True
+
+    def keep_at_zero(self, why: str = "the search is over") -> int:
         """Scale back to zero if something raised the replicas; returns what they had been raised
         to (0 when they were at zero, or when the API could not be asked)."""
         try:
@@ -71,16 +89,15 @@ class WorkerScaler:
             return 0
         self._last_error = None
         if raised:
-            log.warning("the search is over: scaled statefulset %s/%s from %d back to zero", self.namespace,
-                        self.name, raised)
+            log.warning("%s: scaled statefulset %s/%s from %d back to zero", why, self.namespace, self.name, raised)
         return raised
 
     def _patch_zero(self) -> None:
         self._api().patch_namespaced_stateful_set_scale(self.name, self.namespace, {"spec": {"replicas": 0}},
                                                         _content_type=MERGE_PATCH)
 
-    def _failed(self, exc: Exception) -> None:
-        message = f"could not scale statefulset {self.namespace}/{self.name} to zero: {exc}"
+    def _failed(self, exc: Exception, replicas: int = 0) -> None:
+        message = f"could not scale statefulset {self.namespace}/{self.name} to {replicas or 'zero'}: {exc}"
         if message != self._last_error:
             log.error("%s", message)
             self._last_error = message

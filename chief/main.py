@@ -9,16 +9,18 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
+from kt_cluster.chief import definition
 from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
-from kt_cluster.core import summary
+from kt_cluster.core import compat, summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
@@ -30,6 +32,8 @@ log = logging.getLogger("ktc.chief")
 TICK_SECONDS = 0.5
 # How often a lingering chief checks that the workers of its finished search stay at zero.
 KEEP_AT_ZERO_SECONDS = 5.0
+# The configured search is not the stored one: the chief refused to start (README, exit codes).
+EXIT_INCOMPATIBLE = 6
 
 
 def state_dir(config: SearchConfig) -> Path:
@@ -38,27 +42,34 @@ def state_dir(config: SearchConfig) -> Path:
 
 def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
               linger: bool = False, drain_seconds: float = 10.0, scale_workers: str | None = None,
-              token_file_exposed: bool = False) -> int:
-    """Serve until the search is over; 0 when it completed, 1 when it failed."""
+              token_file_exposed: bool = False, worker_replicas_file: str | None = None) -> int:
+    """Serve until the search is over; 0 when it completed, 1 when it failed, `EXIT_INCOMPATIBLE`
+    when the config is not the stored search's (`kt_cluster.chief.definition`).
+    `worker_replicas_file` holds what `scale_workers` is scaled to when this start reopens a finished
+    search."""
     # keras-tuner makes a Tuner the chief only when "chief" is in its tuner id.
     os.environ["KERASTUNER_TUNER_ID"] = "chief"
     metrics = ChiefMetrics()
     metrics.token_file_exposed.set(int(token_file_exposed))
-    tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
+    scaler = WorkerScaler(scale_workers) if scale_workers else None
+    try:
+        tuner, restored, reopened = open_search(config, metrics)
+    except definition.IncompatibleChange as exc:
+        metrics.info.info(_search_labels(config))  # a chief, for the alerts, though it serves no search
+        return _refuse(exc, metrics, metrics_port, linger, scaler)
     oracle = tuner.oracle
-    oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
-                         config.early_stopping_on, events=metrics, score_window=config.score_window)
     oracle.anonymous_callers = token is None
-    if oracle.restore():
+    if restored:
         log.info("resumed the search from %s: %d trials", state_dir(config), len(oracle.trials))
         oracle.write_missing_trial_files()
         if oracle.done:
             print(f"chief: search {config.search_id} was already complete ({len(oracle.trials)} trials); "
                   f"its results are in {config.search_dir}", flush=True)
-    else:
-        oracle.save()
-    metrics.info.info({"search_id": config.search_id, "tuner": config.tuner,
-                       "objective": config.objective, "direction": config.direction})
+    if reopened and scaler and worker_replicas_file:
+        replicas = _worker_replicas(worker_replicas_file)
+        if replicas:
+            scaler.scale_to(replicas)
+    metrics.info.info(_search_labels(config))
     metrics.watch(oracle)
     tracker = NeptuneTracker.for_chief(config, oracle)
     # TensorFlow and Keras leave ~400,000 objects that live as long as the process; every full
@@ -99,7 +110,6 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
             tracker.finish(oracle)
         if oracle.failure:
             print(f"chief: the search failed: {oracle.failure}", flush=True)
-        scaler = WorkerScaler(scale_workers) if scale_workers else None
         if scaler:
             scaler.scale_to_zero()
         if linger:
@@ -111,6 +121,123 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
         server.stop(grace=2)
         http_server.stop()
         oracle.journal.close()
+
+
+def open_search(config: SearchConfig, events=None) -> tuple:
+    """(tuner, restored, reopened): the chief's tuner with its oracle restored from the journal and
+    the configured search reconciled with the stored one (`IncompatibleChange`, nothing written,
+    when they differ in meaning); reopened: a finished search this start made go on."""
+    tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
+    oracle = tuner.oracle
+    configured = definition.of(config, oracle.hyperparameters.get_config()["space"])  # before a restore replaces it
+    oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
+                         config.early_stopping_on, events=events, score_window=config.score_window)
+    replayed = oracle.journal.load()
+    definition.check_meaning(replayed.definition, configured, config.search_id)
+    restored = oracle.restore(replayed)
+    try:
+        return tuner, restored, _adopt_definition(oracle, config, configured, restored)
+    except definition.IncompatibleChange:
+        oracle.journal.close()
+        raise
+
+
+def _adopt_definition(oracle, config: SearchConfig, configured: dict, restored: bool) -> bool:
+    """Compare the configured search with the stored one (`IncompatibleChange` when they differ
+    in meaning), journal what this start accepts, and reopen a finished search whose budget was
+    raised. True when it reopened one."""
+    trials = [(trial_id, trial.hyperparameters.values) for trial_id, trial in oracle.trials.items()]
+    accepted = definition.reconcile(oracle.stored_definition if restored else None, configured,
+                                    oracle.hyperparameters.get_config()["space"], trials, config.search_id,
+                                    config.new_hyperparameters_allowed)
+    if restored and accepted.first:
+        print(f"chief: search {config.search_id} has no stored definition (its state predates them): this "
+              "start's config is taken as its definition", flush=True)
+    for change in accepted.changes:
+        log.info("config change accepted: %s", change)
+    settings = {}
+    if config.tuner == "hyperband" and config.hyperband_iterations > oracle.hyperband_iterations:
+        settings["hyperband_iterations"] = config.hyperband_iterations  # the journal's value stands otherwise
+    why = _reopening(oracle, config, accepted) if restored and oracle.done else None
+    if why:
+        print(f"chief: search {config.search_id} reopened: {why} ({len(oracle.trials)} trials so far)", flush=True)
+    if not restored or why or settings or accepted.definition != oracle.stored_definition:
+        oracle.adopt(accepted.definition, space=accepted.space, settings=settings, reopen=bool(why))
+    return bool(why)
+
+
+def _reopening(oracle, config: SearchConfig, accepted: definition.Reconciled) -> str | None:
+    """Why a finished search goes on with this config (None: it stays over, said why when a
+    raised budget is not enough). A failed search goes on only when its failure limit was raised."""
+    raised = {name: (old, new) for name, old, new in accepted.raised}
+    if oracle.failure:
+        if "max_consecutive_failed_trials" in raised:
+            old, new = raised["max_consecutive_failed_trials"]
+            return f"max_consecutive_failed_trials raised from {old} to {new} after the search failed"
+        if raised:
+            print(f"chief: search {config.search_id} failed ({oracle.failure.splitlines()[0]}); a raised budget "
+                  f"does not run it again: raise max_consecutive_failed_trials (now "
+                  f"{config.max_consecutive_failed_trials}) to, or start a new search (a new search_id)", flush=True)
+        return None
+    if accepted.first and len(oracle.trials) < config.max_trials:
+        raised.setdefault("max_trials", (len(oracle.trials), config.max_trials))  # no stored budget to compare
+    budget = [f"{name} raised from {raised[name][0]} to {raised[name][1]}"
+              for name in ("max_trials", "hyperband_iterations") if name in raised]
+    if not budget:
+        return None
+    if len(oracle.trials) >= config.max_trials:
+        print(f"chief: search {config.search_id}: {', '.join(budget)}, but its {len(oracle.trials)} trials reach "
+              f"max_trials ({config.max_trials}): raise max_trials to go on", flush=True)
+        return None
+    if config.tuner == "hyperband" and compat.hyperband_exhausted(
+            oracle, max(config.hyperband_iterations, oracle.hyperband_iterations)):
+        print(f"chief: search {config.search_id}: {', '.join(budget)}, but Hyperband has run all its "
+              f"brackets ({oracle.hyperband_iterations} hyperband_iterations): raise hyperband_iterations to go on",
+              flush=True)
+        return None
+    return ", ".join(budget)
+
+
+def _worker_replicas(path: str) -> int | None:
+    """The worker count in `path` (the chart's ConfigMap, read at this moment); None, logged, when
+    the file cannot be read or holds no count."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        log.error("--worker-replicas-file: cannot read %s (%s): the workers stay as they are", path, exc.strerror)
+        return None
+    if not text.isdigit():
+        log.error("--worker-replicas-file: %s holds %r, not a count: the workers stay as they are", path, text[:40])
+        return None
+    return int(text)
+
+
+def _search_labels(config: SearchConfig) -> dict[str, str]:
+    return {"search_id": config.search_id, "tuner": config.tuner, "objective": config.objective,
+            "direction": config.direction}
+
+
+def _refuse(exc: definition.IncompatibleChange, metrics: ChiefMetrics, metrics_port: int, linger: bool,
+            scaler: WorkerScaler | None) -> int:
+    """One line; with `linger` (Kubernetes), keep serving /metrics (`ktc_chief_config_refused` 1)
+    until SIGTERM rather than exit into a restart loop: the gRPC port closed (never Ready), the
+    workers kept at zero (they would wait for a chief that serves nothing)."""
+    print(f"ktc chief: refusing to start: {exc}", file=sys.stderr, flush=True)
+    if linger:
+        metrics.config_refused.set(1)
+        http_server = MetricsServer(metrics.registry, metrics_port)
+        terminated = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+        try:
+            why = "the chief refuses its config"
+            if scaler:
+                scaler.scale_to_zero(why)
+            while not terminated.wait(KEEP_AT_ZERO_SECONDS):
+                if scaler:
+                    scaler.keep_at_zero(why)
+        finally:
+            http_server.stop()
+    return EXIT_INCOMPATIBLE
 
 
 def _drain(oracle, seconds: float) -> None:

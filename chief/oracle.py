@@ -156,8 +156,27 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         self.anonymous_callers = True
 
     @guarded
-    def restore(self) -> bool:
-        return super().restore()
+    def restore(self, replayed=None) -> bool:
+        return super().restore(replayed)
+
+    @guarded
+    def adopt(self, definition: dict[str, Any], space: list[dict[str, Any]] | None = None,
+              settings: dict[str, Any] | None = None, reopen: bool = False) -> None:
+        """Take the search's definition as this start accepted it (`kt_cluster.chief.definition`):
+        the search space it changed, oracle `settings` it raised (Hyperband's iterations) and, when
+        `reopen`, a finished search made to go on. Journaled in one write: a kill leaves all of it
+        or none (a budget recorded as raised with the search still over would never reopen)."""
+        if space is not None:
+            self.hyperparameters = compat.HyperParameters.from_config(
+                dict(self.hyperparameters.get_config(), space=space))
+        for name, value in (settings or {}).items():
+            setattr(self, name, value)
+        if reopen:
+            self.done, self.failure = False, None
+            self._save_cluster()
+        self.stored_definition = definition
+        self.journal.append({"definition": definition})
+        self.save()
 
     def _roll_back(self) -> None:
         try:

@@ -49,6 +49,7 @@ class JournalMapping:
         self._pending_files: list[tuple[str, str]] = []  # written by `guarded` after the lock
         self._journaled_ongoing: dict[str, str] = {}  # `ongoing_trials` as the journal has it
         self._journaled_space: dict[str, Any] | None = None  # the search space's config, likewise
+        self.stored_definition: dict[str, Any] | None = None  # the journal's latest "definition" record
 
     # --- records -----------------------------------------------------------------------------
 
@@ -122,10 +123,12 @@ class JournalMapping:
 
     # --- restore and compaction --------------------------------------------------------------
 
-    def restore(self) -> bool:
-        """Load the journal; running trials stay with their holders under a fresh lease. False
-        for a new search (nothing on disk). Nothing on disk changes here."""
-        replayed = self.journal.load()
+    def restore(self, replayed: Replayed | None = None) -> bool:
+        """Load the journal (or take what `self.journal.load()` just returned); running trials stay
+        with their holders under a fresh lease. False for a new search (nothing on disk). Nothing
+        on disk changes here."""
+        if replayed is None:
+            replayed = self.journal.load()
         if replayed.oracle is None and not replayed.trials:
             return False
         self._restoring = True
@@ -188,6 +191,7 @@ class JournalMapping:
                 if trial.status == TrialStatus.COMPLETED:
                     self.stopping_rule.finished(trial)
         self.stopped_early = set(r.stopped_early)
+        self.stored_definition = r.definition
         self.done = r.cluster.get("done", False)
         self.failure = r.cluster.get("failure")
         if not self.done:
@@ -223,7 +227,8 @@ class JournalMapping:
         self.journal.snapshot(Replayed(
             oracle=oracle, ongoing=dict(self._journaled_ongoing),
             end_order=list(self.end_order), run_times=self.run_counts(),
-            cluster={"done": self.done, "failure": self.failure}, stopped_early=set(self.stopped_early)),
+            cluster={"done": self.done, "failure": self.failure}, stopped_early=set(self.stopped_early),
+            definition=self.stored_definition),
             encoded_trials=encoded)
 
     def _maybe_compact(self) -> None:

@@ -102,6 +102,9 @@ class Replayed:
     end_order: list[str] = field(default_factory=list)
     run_times: dict[str, int] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)  # kt-cluster's own small state
+    # What the search is (`kt_cluster.chief.definition`): the latest one a chief accepted; None in
+    # a journal written before definitions were stored.
+    definition: dict[str, Any] | None = None
     stopped_early: set[str] = field(default_factory=set)
     # trial id -> [(metrics, step)]: UpdateTrial calls since that trial's last full record
     updates: dict[str, list[tuple[dict[str, float], int]]] = field(default_factory=dict)
@@ -142,6 +145,11 @@ class Replayed:
                     or not isinstance(cluster.get("failure"), (str, type(None)))):
                 raise BadRecord("cluster record needs a boolean done and a failure string or null")
             self.cluster = cluster
+        elif "definition" in record:
+            definition = record["definition"]
+            if not isinstance(definition, dict) or not isinstance(definition.get("budget"), dict):
+                raise BadRecord("definition record needs an object with a budget object")
+            self.definition = definition
         else:
             raise BadRecord(f"unknown kind of record (keys: {', '.join(sorted(map(str, record)))[:80]})")
 
@@ -184,7 +192,7 @@ class Replayed:
         return {
             "trials": list(self.trials.values()), "oracle": oracle, "end_order": self.end_order,
             "run_times": self.run_times, "cluster": self.cluster, "stopped_early": sorted(self.stopped_early),
-            "updates": self.updates,
+            "updates": self.updates, "definition": self.definition,
         }
 
     @classmethod
@@ -204,6 +212,8 @@ class Replayed:
             replayed.apply({"oracle": data["oracle"]})
         if data["cluster"]:
             replayed.apply({"cluster": data["cluster"]})
+        if data.get("definition") is not None:  # absent from snapshots written before definitions
+            replayed.apply({"definition": data["definition"]})
         if not isinstance(data["run_times"], dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in data["run_times"].values()):
             raise BadRecord("snapshot run_times must map trial ids to integers")

@@ -451,6 +451,16 @@ def stock_update_trial(oracle_class: type) -> bool:
     return oracle_class.update_trial is keras_tuner.Oracle.update_trial
 
 
+def hyperband_exhausted(oracle, iterations: int) -> bool:
+    """Whether a Hyperband oracle given `iterations` (its `hyperband_iterations`) would answer
+    STOPPED: every bracket of its last iteration started and filled. keras-tuner keeps the brackets, the current
+    bracket and iteration private; dropping completed brackets is what its populate_space does
+    first on every call."""
+    oracle._remove_completed_brackets()
+    return (not oracle._brackets and oracle._current_bracket == 0
+            and oracle._current_iteration + 1 >= iterations)
+
+
 # --- ASHA ---------------------------------------------------------------------------------------
 
 class ValuesHashIgnoring:

@@ -10,7 +10,10 @@ ktc state    check or rebuild a search's state (the chief's journal) on disk
 
 Exit codes: 0 done; 1 the search failed; 2 a bad argument, config, token file or dataset;
 3 the search's state on disk cannot be trusted (the chief refuses to start; `ktc state`);
-4 another chief serves the search; 5 the system refused (a full disk, a port in use).
+4 another chief serves the search; 5 the system refused (a full disk, a port in use);
+6 the config changes what the stored search means (its objective, tuner, search space, ...): the
+chief refuses to start, naming the field, and changes nothing (with --linger it keeps serving
+/metrics, `ktc_chief_config_refused` 1, until stopped).
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ def cmd_chief(args: argparse.Namespace) -> int:
             parse_target(args.scale_workers_on_exit)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    if args.worker_replicas_file and not args.scale_workers_on_exit:
+        raise ConfigError("--worker-replicas-file: goes with --scale-workers-on-exit")
     # Before TensorFlow loads: one chief per search, a state it can trust, and a dataset that
     # reads (a broken one fails here in a second, not trial by trial).
     # A new search's folder is made only once keras-tuner's release has been checked (below).
@@ -165,7 +170,7 @@ def cmd_chief(args: argparse.Namespace) -> int:
 
     try:
         return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
-                         scale_workers=args.scale_workers_on_exit,
+                         scale_workers=args.scale_workers_on_exit, worker_replicas_file=args.worker_replicas_file,
                          token_file_exposed=token is not None and token_file_exposure(args.auth_token_file) is not None)
     finally:
         lock.release()
@@ -294,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     chief.add_argument("--scale-workers-on-exit", metavar="NAMESPACE/STATEFULSET",
                        help="when the search is over, scale this worker StatefulSet to zero, and keep it there while "
                             "--linger (the pod's service account, else the kubeconfig)")
+    chief.add_argument("--worker-replicas-file", metavar="FILE",
+                       help="with --scale-workers-on-exit: a file holding the worker count to scale back up to when a "
+                            "raised budget reopens a finished search (the chart's ConfigMap: workers.replicas)")
     chief.set_defaults(func=cmd_chief)
 
     worker = sub.add_parser("worker", help="run trials (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT)")

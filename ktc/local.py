@@ -32,6 +32,8 @@ from kt_cluster.core.summary import STATUS_FILE, SUMMARY_FILE
 from kt_cluster.progress import render
 from kt_cluster.supervisor import STOP_GRACE_SECONDS, Child, python_module, stop_all, wait_all
 
+EXIT_INCOMPATIBLE = 6  # the chief's: the config is not the stored search's (kt_cluster.chief.main)
+
 SYNTH_COUNT = 48
 POLL_SECONDS = 1.0
 LAST_WORDS_SECONDS = 10.0  # how long the chief may take to say the search is over once every worker left
@@ -235,7 +237,13 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
     try:
         code = monitor(children, address, token_path.read_text(), ProgressView(quiet), search_dir / STATUS_FILE)
         failed = code != 0
-        wait_all(children[1:], STOP_GRACE_SECONDS)  # workers exit once told the search is over
+        if code == EXIT_INCOMPATIBLE:
+            # The chief's one line says which field; the workers never got a chief to hear "over" from.
+            refusal = [line for line in children[0].tail(50).splitlines() if "refusing to start:" in line]
+            print(refusal[-1] if refusal else children[0].tail(), flush=True)
+            failed = False
+        else:
+            wait_all(children[1:], STOP_GRACE_SECONDS)  # workers exit once told the search is over
     except Interrupted as exc:
         print("\nktc local: interrupted; stopping (workers hand their trials back)", flush=True)
         code, failed = 128 + exc.signum, False

@@ -131,11 +131,12 @@ def test_chief_is_a_one_pod_statefulset_with_the_documented_command():
     assert chief["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()
 
 
-def test_chief_readiness_asks_grpc_health_and_liveness_reads_metrics():
+def test_chief_readiness_asks_grpc_health_and_startup_and_liveness_read_metrics():
+    """A chief that refuses its config serves /metrics but no gRPC: started and alive, never Ready."""
     c = container(find(render(), "StatefulSet", "-chief"))
     grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-    assert c["startupProbe"]["grpc"] == {"port": grpc_port} and c["readinessProbe"]["grpc"] == {"port": grpc_port}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert c["readinessProbe"]["grpc"] == {"port": grpc_port}
+    assert c["startupProbe"]["httpGet"] == c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     # Liveness never starts before the startup probe has let TensorFlow load and the state restore.
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
     minimal = container(find(render(MATRIX["minimal"]), "StatefulSet", "-chief"))
