@@ -118,7 +118,8 @@ def test_chief_is_a_one_pod_statefulset_with_the_documented_command():
     assert c["command"] == ["ktc"]
     assert c["args"] == ["chief", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
                          "--metrics-port", "9100", "--linger",
-                         "--scale-workers-on-exit", "$(POD_NAMESPACE)/kt-cluster-worker"]
+                         "--scale-workers-on-exit", "$(POD_NAMESPACE)/kt-cluster-worker",
+                         "--worker-replicas-file", "/etc/ktc/workers-replicas"]
     e = env(c)
     assert e["KERASTUNER_ORACLE_IP"] == "0.0.0.0" and e["KERASTUNER_TUNER_ID"] == "chief"
     assert e["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -177,7 +178,8 @@ def test_chief_may_scale_only_its_own_workers():
     account = pod_spec(chief)["serviceAccountName"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ml"}]
-    assert container(chief)["args"][-2:] == ["--scale-workers-on-exit", "$(POD_NAMESPACE)/search-a-kt-cluster-worker"]
+    args = container(chief)["args"]
+    assert args[args.index("--scale-workers-on-exit") + 1] == "$(POD_NAMESPACE)/search-a-kt-cluster-worker"
     for sa in find_all(objects, "ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False  # pods opt in
     assert pod_spec(workers)["serviceAccountName"] != account
@@ -185,7 +187,7 @@ def test_chief_may_scale_only_its_own_workers():
     objects = render({"chief": {"scaleWorkersOnExit": False}})
     assert not find_all(objects, "Role") and not find_all(objects, "RoleBinding")
     chief = find(objects, "StatefulSet", "-chief")
-    assert "--scale-workers-on-exit" not in container(chief)["args"]
+    assert not {"--scale-workers-on-exit", "--worker-replicas-file"} & set(container(chief)["args"])
     assert pod_spec(chief)["automountServiceAccountToken"] is False
 
 
@@ -209,6 +211,18 @@ def test_workers_are_a_parallel_statefulset_behind_a_headless_service():
     assert e["KERASTUNER_ORACLE_IP"] == "kt-cluster-chief"  # the chief's Service, same namespace
     assert e["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "KERASTUNER_TUNER_ID" not in e  # computed from the pod name
+
+
+def test_the_chief_finds_the_worker_count_to_restore_in_the_configmap():
+    """A raised budget reopens a finished search: the chief scales the workers back up to
+    workers.replicas, read from the ConfigMap it mounts (not from its pod template, which would
+    restart it on every replica change)."""
+    objects = render(MATRIX["replicas-5"])
+    assert find(objects, "ConfigMap", "-config")["data"]["workers-replicas"] == "5"
+    c = container(find(objects, "StatefulSet", "-chief"))
+    path = c["args"][c["args"].index("--worker-replicas-file") + 1]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
+    assert path == f"{mount['mountPath']}/workers-replicas"
 
 
 def test_replica_count_and_token_stay_out_of_the_pod_templates():
