@@ -177,7 +177,8 @@ def _reopening(oracle, config: SearchConfig, accepted: definition.Reconciled) ->
         if raised:
             print(f"chief: search {config.search_id} failed ({oracle.failure.splitlines()[0]}); a raised budget "
                   f"does not run it again: raise max_consecutive_failed_trials (now "
-                  f"{config.max_consecutive_failed_trials}) to, or start a new search (a new search_id)", flush=True)
+                  f"{config.max_consecutive_failed_trials}) to run it again, or start a new search (a new search_id)",
+                  flush=True)
         return None
     if accepted.first and len(oracle.trials) < config.max_trials:
         raised.setdefault("max_trials", (len(oracle.trials), config.max_trials))  # no stored budget to compare

@@ -525,3 +525,174 @@ def test_init_containers_fill_a_per_pod_data_volume_before_the_gate(tmp_path):
     run_inits(inits)
     assert (pod.volumes["data"] / "classes.txt").exists()  # copied into the pod's own volume
     assert "3 classes (table_number, stamp, signature)" in (tmp_path / f"{inits[1].name}.log").read_text()
+
+
+# --- helm upgrade on a finished search ----------------------------------------------------------
+
+class Release:
+    """One `helm install`/`upgrade`'s chief and worker pods as processes (no init containers: the
+    data gate has tests of its own). Claims persist across releases through `claims`, and the auth
+    Secret keeps its token across upgrades, as the chart's `lookup` keeps it."""
+
+    def __init__(self, values: dict, root: Path, claims: dict[str, Path], bin_dir: Path, logs: Path,
+                 api: KubeApi, token: str | None = None):
+        self.objects = render(values, release=RELEASE, namespace=NAMESPACE)
+        chief_sts, self.workers_sts = find(self.objects, "StatefulSet", "-chief"), find(self.objects, "StatefulSet", "-worker")
+        self.worker_name = self.workers_sts["metadata"]["name"]
+        chief_pod = Pod(f"{chief_sts['metadata']['name']}-0", pod_spec(chief_sts), self.objects, root, claims)
+        self.chief = Process(chief_pod, container(chief_sts, "chief"), bin_dir, logs)
+        self.probes = probe_targets(self.chief.c)
+        token_file = chief_pod.volumes["token"] / "token"
+        if token is not None:
+            token_file.chmod(0o600)
+            token_file.write_text(token)
+        self.token = token_file.read_text().strip()
+        self.port, self.metrics_port = port_runs([1, 1])
+        self.chief.env["KERASTUNER_ORACLE_PORT"] = str(self.port)
+        self.chief.argv[self.chief.argv.index("--metrics-port") + 1] = str(self.metrics_port)
+        self.chief.localise()
+        for file in chief_pod.config_files:
+            file.write_text(rewrite(file.read_text(), self.chief.mounts))
+        self.chief.env["KUBECONFIG"] = str(api.kubeconfig(root / "kubeconfig"))
+        self.config = yaml.safe_load((chief_pod.volumes["config"] / "search.yaml").read_text())
+        self.search = Path(self.config["results"]) / self.config["search_id"]
+        self.root, self.claims, self.bin_dir, self.logs = root, claims, bin_dir, logs
+
+    def worker(self, ordinal: int) -> Process:
+        """The worker pod `ordinal`, as the StatefulSet controller creates it."""
+        pod = Pod(f"{self.worker_name}-{ordinal}", pod_spec(self.workers_sts), self.objects, self.root, self.claims)
+        worker = Process(pod, container(self.workers_sts, "worker"), self.bin_dir, self.logs)
+        (pod.volumes["token"] / "token").chmod(0o600)
+        (pod.volumes["token"] / "token").write_text(self.token)
+        worker.env["KERASTUNER_ORACLE_IP"] = "127.0.0.1"
+        worker.env["KERASTUNER_ORACLE_PORT"] = str(self.port)
+        worker.argv[-1] = re.sub(r"--metrics-port\s+\d+", f"--metrics-port {port_runs([1])[0]}", worker.argv[-1])
+        worker.localise()
+        for file in pod.config_files:
+            file.write_text(rewrite(file.read_text(), worker.mounts))
+        return worker
+
+    def status(self) -> dict | None:
+        try:
+            return chief_status(f"127.0.0.1:{self.port}", self.token, timeout=2.0)
+        except Exception:  # noqa: BLE001 - not serving (yet)
+            return None
+
+    def scrape(self) -> str:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return ""
+
+
+def run_to_the_end(release: Release, running: list[Process], replicas: int) -> dict:
+    """The chief (started unless it runs), then the workers the StatefulSet holds, until the chief
+    says the search is over."""
+    if release.chief.child is None:
+        running.append(release.chief.start())
+    wait_until(lambda: probe(release.probes["readinessProbe"], release.port), STARTUP_TIMEOUT, "chief Ready",
+               [release.chief])
+    workers = [release.worker(i) for i in range(replicas)]
+    running += [w.start() for w in workers]
+    wait_until(lambda: (release.status() or {}).get("done"), STARTUP_TIMEOUT, "the search over", [release.chief])
+    for w in workers:
+        assert w.proc.wait(timeout=60) == 0, w.tail()
+    wait_until((release.search / "best_hyperparameters.json").exists, 60, "the results", [release.chief])
+    return release.status()
+
+
+def stop_chief(release: Release, code: int = 0) -> None:
+    release.chief.proc.send_signal(signal.SIGTERM)  # the StatefulSet replaces the pod
+    assert release.chief.proc.wait(timeout=30) == code, release.chief.tail()
+
+
+def state_digest(search: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(search)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(search.rglob("*")) if p.is_file() and p.name != "chief.lock"
+            and (p.parent.name == "ktc-state" or p.name == "trial.json")}
+
+
+def test_helm_upgrade_extends_a_finished_search_and_an_incompatible_one_is_refused(tmp_path):
+    """Finish a search of 2 trials; `helm upgrade --set search.max_trials=3`: the new chief reopens
+    it, scales the workers back up and the third trial runs; then an upgrade that changes the
+    objective: the chief refuses in one line in its log, serves ktc_chief_config_refused 1, is
+    never Ready, keeps the workers at zero and changes nothing."""
+    # Four configurations: a random search of two activations alone would have none left to extend.
+    values = merge(VALUES, {"workers": {"replicas": 1},
+                            "search": {"space": {"start_neurons": {"min": 8, "max": 16, "step": 8}}}})
+    bin_dir, logs, claims = ktc_shim(tmp_path / "bin"), tmp_path / "logs", {}
+    logs.mkdir()
+    api = KubeApi()
+    first = Release(values, tmp_path / "v1", claims, bin_dir, logs, api)
+    api.allow(find(first.objects, "Role", "-chief"), NAMESPACE)
+    api.set_replicas(NAMESPACE, first.worker_name, 1)
+    copy_dataset(make_dataset(tmp_path / "dataset", count=16, size=32), Path(first.config["data"]["path"]))
+    running: list[Process] = []
+    with api:
+        try:
+            status = run_to_the_end(first, running, replicas=1)
+            assert status["completed"] == 2 and not status["failure"]
+            wait_until(lambda: api.get_replicas(NAMESPACE, first.worker_name) == 0, 30, "workers at 0", [first.chief])
+
+            # --- helm upgrade --set search.max_trials=3 ---------------------------------------
+            second = Release(merge(values, {"search": {"max_trials": 3}}), tmp_path / "v2", claims, bin_dir, logs,
+                             api, token=first.token)
+            checksum = "checksum/config"
+            assert second.workers_sts["spec"]["template"]["metadata"]["annotations"][checksum] != \
+                first.workers_sts["spec"]["template"]["metadata"]["annotations"][checksum]  # the pods roll
+            assert second.workers_sts["spec"]["replicas"] == 1  # a new config renders workers.replicas
+            api.set_replicas(NAMESPACE, first.worker_name, 1)  # helm applies it ...
+            # ... and the old chief, lingering until its pod is replaced, puts them back to zero.
+            wait_until(lambda: api.get_replicas(NAMESPACE, first.worker_name) == 0, 15, "workers back at 0",
+                       [first.chief])
+            stop_chief(first)
+            running.append(second.chief.start())
+            # The new chief reopens the search and scales the workers back up to workers.replicas.
+            wait_until(lambda: api.get_replicas(NAMESPACE, second.worker_name) == 1, STARTUP_TIMEOUT,
+                       "workers scaled back up", [second.chief])
+            status = run_to_the_end(second, running, replicas=1)
+            assert status["completed"] == 3 and status["max_trials"] == 3 and not status["failure"]
+            log = (logs / f"{second.chief.name}.log").read_text()
+            search_id = second.config["search_id"]
+            assert f"chief: search {search_id} reopened: max_trials raised from 2 to 3 (2 trials so far)" in log
+            trials = [json.loads(p.read_text()) for p in sorted(second.search.glob("trial_*/trial.json"))]
+            assert len(trials) == 3 and {t["status"] for t in trials} == {"COMPLETED"}
+            wait_until(lambda: api.get_replicas(NAMESPACE, second.worker_name) == 0, 30, "workers at 0 again",
+                       [second.chief])
+
+            # --- helm upgrade --set search.objective=val_iou ----------------------------------
+            third = Release(merge(values, {"search": {"max_trials": 3, "objective": "val_iou"}}), tmp_path / "v3",
+                            claims, bin_dir, logs, api, token=second.token)
+            stop_chief(second)
+            before = state_digest(third.search)
+            api.set_replicas(NAMESPACE, third.worker_name, 1)  # rendered by the upgrade
+            running.append(third.chief.start())
+            # Started (its /metrics answers), alive, never Ready; the reason in its log and metric.
+            wait_until(lambda: "ktc_chief_config_refused 1.0" in third.scrape(), STARTUP_TIMEOUT,
+                       "ktc_chief_config_refused 1", [third.chief])
+            assert probe(third.probes["startupProbe"], third.metrics_port)
+            assert probe(third.probes["livenessProbe"], third.metrics_port)
+            assert not probe(third.probes["readinessProbe"], third.port)
+            info = [line for line in third.scrape().splitlines() if line.startswith("ktc_search_info{")]
+            assert len(info) == 1 and 'objective="val_iou"' in info[0]  # a chief, for the alerts
+            wait_until(lambda: api.get_replicas(NAMESPACE, third.worker_name) == 0, 15, "workers kept at 0",
+                       [third.chief])
+            log = (logs / f"{third.chief.name}.log").read_text()
+            refusals = [line for line in log.splitlines() if line.startswith("ktc chief: refusing to start:")]
+            assert refusals == [f"ktc chief: refusing to start: search '{search_id}': objective is val_iou in the config "
+                                "but val_f1 in the stored search; nothing was changed: set objective back to val_f1 "
+                                "to go on with this search, or give the new one a search_id of its own (search_id, "
+                                "--search-id, KTC_SEARCH_ID)"], log[-3000:]
+            assert "Traceback" not in log
+            time.sleep(2 * 0.5)
+            assert third.chief.proc.poll() is None  # no exit, so no restart loop
+            stop_chief(third, code=6)
+            assert state_digest(third.search) == before
+        finally:
+            for process in running:
+                process.kill()
