@@ -6,8 +6,8 @@ trial shares, the data's shape and the search space. The chief journals that def
 "definition" record, `kt_cluster.chief.state`) when it creates a search, and at every start
 compares the configured one with it (`reconcile`):
 
-- a change of the budget (`BUDGET`) or of anything not in the definition (leases, logging, early
-  stopping, ...) is compatible: it is applied and logged;
+- a change of the budget (`BUDGET`) or of a setting (`SETTINGS`: leases, early stopping, retries,
+  precision, data loading, ...) is compatible: it is applied and logged;
 - a change of any other field of the definition is incompatible: `IncompatibleChange`, one line
   naming the field, the stored value and the new one, and how to start a new search instead;
 - the search space may change where every existing trial's values stay valid: a range widened
@@ -36,6 +36,10 @@ log = logging.getLogger("ktc.chief")
 
 # Raising these gives a search more to do; `kt_cluster.chief.main` reopens a finished one.
 BUDGET = ("max_trials", "hyperband_iterations", "max_consecutive_failed_trials")
+# Settings a change of which is applied and logged: they change how trials are run, not what they mean.
+SETTINGS = ("lease_seconds", "stock_lease_seconds", "early_stopping", "max_retries_per_trial", "mixed_precision",
+            "jit_compile", "seed", "allow_new_hyperparameters", "metric_directions", "data.path",
+            "data.steps_per_epoch", "data.validation_steps", "data.parallel_calls", "data.cache_mb")
 
 
 class IncompatibleChange(Exception):
@@ -69,7 +73,16 @@ def of(config: SearchConfig, space: list[dict[str, Any]]) -> dict[str, Any]:
         meaning["min_epochs"] = config.min_epochs
     if config.hypermodel is None and config.space.learning_rate is None:
         meaning["learning_rate"] = config.learning_rate  # the built-in U-Net trains every trial at it
-    return {"meaning": meaning, "space": space, "budget": {name: getattr(config, name) for name in BUDGET}}
+    settings = {name: _field(config, name) for name in SETTINGS}
+    return {"meaning": meaning, "space": space, "budget": {name: getattr(config, name) for name in BUDGET},
+            "settings": settings}
+
+
+def _field(config: SearchConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return dict(value) if isinstance(value, dict) else value
 
 
 @dataclass
@@ -119,6 +132,12 @@ def reconcile(stored: dict[str, Any] | None, configured: dict[str, Any], stored_
             result.changes.append(f"{name}: {old} -> {new}")
             if new > old:
                 result.raised.append((name, old, new))
+    for name, new in configured["settings"].items():
+        old = stored.get("settings", configured["settings"]).get(name, new)
+        if old != new:
+            # The oracle keeps drawing from its stored seed state: a new seed seeds the data shuffle only.
+            note = " (the tuner goes on from its stored seed state)" if name == "seed" else ""
+            result.changes.append(f"{name}: {_show(old)} -> {_show(new)}{note}")
     return result
 
 

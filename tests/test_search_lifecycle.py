@@ -84,13 +84,14 @@ def test_a_raised_max_trials_reopens_the_finished_search_and_runs_the_new_trials
     applied and journaled; the old trials stay as they were."""
     search = finished["search"]
     old = {t["trial_id"]: t for t in trial_files(search)}
-    config = merge(finished["config"], {"max_trials": 3, "lease_seconds": 90.0,
+    config = merge(finished["config"], {"lease_seconds": 90.0,
                                         "space": {"start_neurons": {"min": 8, "max": 24, "step": 8}}})
-    code, output = ktc_local(finished["tmp"], config)
+    code, output = ktc_local(finished["tmp"], config, "--max-trials", "3")  # the budget as a user raises it
     assert code == 0, output[-3000:]
     chief_log = (search / "local" / "chief.log").read_text()
     assert "chief: search ktc-search reopened: max_trials raised from 2 to 3 (2 trials so far)" in chief_log
     assert "config change accepted: hyperparameter start_neurons: Int 8..16 step 8 -> Int 8..24 step 8" in chief_log
+    assert "config change accepted: lease_seconds: 60.0 -> 90.0" in chief_log
     trials = {t["trial_id"]: t for t in trial_files(search)}
     assert len(trials) == 3 and {t["status"] for t in trials.values()} == {"COMPLETED"}
     assert all(trials[trial_id] == trial for trial_id, trial in old.items())
@@ -108,8 +109,8 @@ def test_a_raised_max_trials_reopens_the_finished_search_and_runs_the_new_trials
     # The same command again: complete, nothing started.
     again = subprocess.run([sys.executable, "-m", "kt_cluster", "local", "--quiet", "--config",
                             str(finished["tmp"] / "search.yaml"), "--data", str(finished["tmp"] / "data"),
-                            "--results", str(finished["tmp"] / "results")], capture_output=True, text=True,
-                           timeout=120)
+                            "--results", str(finished["tmp"] / "results"), "--max-trials", "3"],
+                           capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "is already complete" in again.stdout.splitlines()[0], again.stdout
 
 
