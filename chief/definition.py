@@ -47,10 +47,12 @@ class IncompatibleChange(Exception):
 
     def __init__(self, search_id: str, what: str, stored: Any, new: Any, why: str = ""):
         self.search_id, self.what, self.stored, self.new = search_id, what, stored, new
+        back = (f"put {what} back as it was ({_show(stored)})" if what.startswith("hyperparameter ")
+                else f"set {what} back to {_show(stored)}")
         super().__init__(
             f"search {search_id!r}: {what} is {_show(new)} in the config but {_show(stored)} in the stored search"
-            f"{f' ({why})' if why else ''}; nothing was changed: set {what} back to {_show(stored)} to go on with "
-            f"this search, or give the new one a search_id of its own (search_id, --search-id, KTC_SEARCH_ID)")
+            f"{f' ({why})' if why else ''}; nothing was changed: {back} to go on with this search, or give the new "
+            f"one a search_id of its own (search_id, --search-id, KTC_SEARCH_ID)")
 
 
 def _show(value: Any) -> str:

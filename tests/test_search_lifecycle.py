@@ -214,3 +214,27 @@ def test_adding_a_hyperparameter_is_refused_and_adding_a_choice_is_accepted(tmp_
     assert oracle.hyperparameters.get("activation") in ("relu", "elu", "mish")
     assert [hp.values for hp in oracle.hyperparameters.space if hp.name == "activation"] == [["relu", "elu", "mish"]]
     oracle.journal.close()
+
+
+def test_a_state_without_a_stored_definition_takes_the_first_start_as_its_definition(tmp_path, capsys):
+    """A journal written before definitions were stored: the start says so, compares the space all
+    the same, and journals the definition it accepted."""
+    from kt_cluster.chief.definition import IncompatibleChange
+
+    oracle, _ = open_chief(chief_config(tmp_path, max_trials=2))
+    run_trials(oracle, 3)
+    oracle.journal.close()
+    state = tmp_path / "results" / "ktc-search" / "ktc-state"
+    for path in state.glob("journal-*.jsonl"):
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith('{"definition"')))
+    with pytest.raises(IncompatibleChange, match="hyperparameter start_neurons is Int 32..48 step 8 in the config"):
+        open_chief(chief_config(tmp_path, space={"start_neurons": {"min": 32, "max": 48, "step": 8}}))
+    oracle, reopened = open_chief(chief_config(tmp_path, max_trials=3))
+    assert "has no stored definition (its state predates them): this start's config is taken as its definition" \
+        in capsys.readouterr().out
+    assert reopened and oracle.stored_definition["budget"]["max_trials"] == 3  # journaled
+    oracle.journal.close()
+    oracle, reopened = open_chief(chief_config(tmp_path, max_trials=3))
+    assert not reopened and not oracle.done and "has no stored definition" not in capsys.readouterr().out
+    oracle.journal.close()
