@@ -83,6 +83,8 @@ def light_paths(folder: Path) -> list[LightPath]:
                   f"{folder / 'no-data'}: dataset directory does not exist"),
         LightPath("chief-bad-scale-target", ["chief", "--insecure", "--scale-workers-on-exit", "nope"], 2,
                   "NAMESPACE/STATEFULSET"),
+        LightPath("chief-replicas-file-alone", ["chief", "--insecure", "--worker-replicas-file", "/x"], 2,
+                  "--worker-replicas-file: goes with --scale-workers-on-exit"),
         LightPath("worker-no-tuner-id", ["worker", "--insecure"], 2, "KERASTUNER_TUNER_ID: must be set",
                   {"KERASTUNER_TUNER_ID": ""}),
         LightPath("worker-chief-like-id", ["worker", "--insecure"], 2, "reserves", dict(worker_env, KERASTUNER_TUNER_ID="mychief")),

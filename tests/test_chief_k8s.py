@@ -57,3 +57,16 @@ def test_api_errors_are_logged_once_and_never_raised(api, caplog):
     assert api.get_replicas(NAMESPACE, NAME) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Forbidden" in errors[0] and f"{NAMESPACE}/{NAME}" in errors[0], errors
+
+
+def test_scale_to_brings_a_reopened_searchs_workers_back_and_says_why_it_could_not(api, caplog):
+    api.set_replicas(NAMESPACE, NAME, 0)
+    scaler = WorkerScaler(f"{NAMESPACE}/{NAME}")
+    assert scaler.scale_to(3) is True
+    assert api.get_replicas(NAMESPACE, NAME) == 3
+    assert api.served("patch")[-1].body == {"spec": {"replicas": 3}}
+    api.allowed.discard(("patch", NAMESPACE, NAME))
+    with caplog.at_level(logging.ERROR, logger="ktc.chief"):
+        assert scaler.scale_to(5) is False
+    assert api.get_replicas(NAMESPACE, NAME) == 3
+    assert f"could not scale statefulset {NAMESPACE}/{NAME} to 5" in caplog.text and "Forbidden" in caplog.text
