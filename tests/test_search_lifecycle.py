@@ -25,9 +25,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def ktc_local(tmp: Path, config: dict, *flags: str, timeout: float = 600) -> tuple[int, str]:
+def ktc_local(tmp: Path, config: dict, *flags: str, workers: int = 2, timeout: float = 600) -> tuple[int, str]:
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
-    args = ["--workers", "2", "--quiet", "--config", str(tmp / "search.yaml"), "--data", str(tmp / "data"),
+    args = ["--workers", str(workers), "--quiet", "--config", str(tmp / "search.yaml"), "--data", str(tmp / "data"),
             "--results", str(tmp / "results"), *flags]
     with local_run(args, tmp / "results" / "ktc-search") as run:
         code = run.finish(timeout=timeout)
@@ -53,7 +53,7 @@ def finished(tmp_path_factory):
 def test_a_changed_objective_is_refused_in_one_line_with_exit_6_and_nothing_changes(finished):
     search = finished["search"]
     before = tree_digest(search / "ktc-state") | {"trials": json.dumps(trial_files(search))}
-    code, output = ktc_local(finished["tmp"], merge(finished["config"], {"objective": "val_iou"}))
+    code, output = ktc_local(finished["tmp"], merge(finished["config"], {"objective": "val_iou"}), workers=1)
     assert code == EXIT_INCOMPATIBLE, output[-3000:]
     refusal = [line for line in output.splitlines() if "refusing to start" in line]
     assert refusal == [("ktc chief: refusing to start: search 'ktc-search': objective is val_iou in the config but "
@@ -71,7 +71,7 @@ def test_a_range_that_excludes_a_trials_value_is_refused_naming_the_hyperparamet
     others = [n for n in (8, 16) if n != excluded]
     space = {"start_neurons": {"min": others[0], "max": others[0] + 16, "step": 8}}
     before = tree_digest(search / "ktc-state")
-    code, output = ktc_local(finished["tmp"], merge(finished["config"], {"space": space}))
+    code, output = ktc_local(finished["tmp"], merge(finished["config"], {"space": space}), workers=1)
     assert code == EXIT_INCOMPATIBLE, output[-3000:]
     line = next(line for line in output.splitlines() if "refusing to start" in line)
     assert f"hyperparameter start_neurons is Int {others[0]}..{others[0] + 16} step 8 in the config but " \
