@@ -44,6 +44,11 @@ class WorkerScaler:
         self.namespace, self.name = parse_target(target)
         self._apps = None
         self._last_error: str | None = None
+        # Imported at the chief's start, not at the first scale: the client takes seconds to
+        # import (tens of seconds on a busy node), and that scale is due the moment the search
+        # ends or the chief refuses its config.
+        import kubernetes.client  # noqa: F401
+        import kubernetes.config  # noqa: F401
 
     def _api(self):
         if self._apps is None:
