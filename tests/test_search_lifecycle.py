@@ -68,13 +68,13 @@ def test_a_range_that_excludes_a_trials_value_is_refused_naming_the_hyperparamet
     search = finished["search"]
     used = {t["hyperparameters"]["values"]["start_neurons"] for t in trial_files(search)}
     excluded = min(used)
-    others = [n for n in (8, 16) if n != excluded]
-    space = {"start_neurons": {"min": others[0], "max": others[0] + 16, "step": 8}}
+    low = excluded + 8  # a range that starts above a value some trial used, whichever the trials drew
+    space = {"start_neurons": {"min": low, "max": low + 16, "step": 8}}
     before = tree_digest(search / "ktc-state")
     code, output = ktc_local(finished["tmp"], merge(finished["config"], {"space": space}), workers=1)
     assert code == EXIT_INCOMPATIBLE, output[-3000:]
     line = next(line for line in output.splitlines() if "refusing to start" in line)
-    assert f"hyperparameter start_neurons is Int {others[0]}..{others[0] + 16} step 8 in the config but " \
+    assert f"hyperparameter start_neurons is Int {low}..{low + 16} step 8 in the config but " \
            f"Int 8..16 step 8 in the stored search (it excludes the value {excluded} of trial" in line, line
     assert tree_digest(search / "ktc-state") == before
 
