@@ -14,13 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from kt_cluster.core import compat  # noqa: F401 - first: refuses an untested keras-tuner before anything imports it
+from kt_cluster.core import compat  # first: refuses an untested keras-tuner before anything imports it
 from kt_cluster.chief import definition
 from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
-from kt_cluster.core import compat, summary
+from kt_cluster.core import summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
