@@ -68,6 +68,21 @@ def test_cost_weighs_against_expensive_configurations_that_look_alike():
     assert mean(with_cost) < 0.7 * mean(without)
 
 
+def test_its_random_share_draws_in_inverse_proportion_to_cost_yet_explores():
+    hp = space()
+    scored = [({"units": u, "lr": 1e-3, "loss": "a"}, 0.1 * i) for i, u in enumerate((16, 32, 48, 64))]
+    sampler = ModelSampler(cost=units_cost, random_fraction=1.0)
+    picks = [sampler.sample(hp.space, drawer(hp, i), scored, True, random.Random(i)) for i in range(200)]
+    units = [p["units"] for p in picks]
+    # Chances proportional to 1/units**2: 8 units is drawn about 100 times as often as 80.
+    assert sum(u <= 24 for u in units) > 0.6 * len(units)
+    assert sum(u >= 80 for u in units) < 0.05 * len(units)
+    assert len({p["loss"] for p in picks}) == 3 and len(set(units)) >= 4  # every hyperparameter explored
+    without_cost = ModelSampler(cost=None, random_fraction=1.0)
+    plain = [without_cost.sample(hp.space, drawer(hp, i), scored, True, random.Random(i))["units"] for i in range(200)]
+    assert sum(u >= 80 for u in plain) > 0.3 * len(plain)  # uniform: no cost, no weighting
+
+
 def run_asha(seed, sampler, tmp_path, trials=24):
     oracle = ASHAOracle(objective=keras_tuner.Objective("val_f1", "max"), max_trials=trials, min_epochs=1,
                         max_epochs=9, eta=3, hyperparameters=space(), seed=seed, sampler=sampler)
