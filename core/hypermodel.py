@@ -12,6 +12,7 @@ import keras_tuner
 from kt_cluster.core import unet as unet_lib
 from kt_cluster.core.config import ConfigError, SearchConfig
 from kt_cluster.core.losses import BceDice, WeightedBinaryCrossentropy, pos_weights_from_fractions
+from kt_cluster.core.optimizers import FusedAdam
 from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def default_space_builder(config: SearchConfig,
         rates = space.learning_rate
         learning_rate = (hp.Float("learning_rate", rates.min, rates.max, sampling="log")
                          if rates and rates.max > rates.min else rates.min if rates else config.learning_rate)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        model.compile(optimizer=FusedAdam(learning_rate),
                       loss=BceDice() if loss == "bce_dice" else WeightedBinaryCrossentropy(pos_weights),
                       metrics=[F1Score(), Precision(), Recall(), IoU()], **compile_options(config))
         return model
