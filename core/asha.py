@@ -12,7 +12,8 @@ Rungs are trained for r, r*eta, r*eta^2, ... epochs, the last one capped at R (`
    `tuner/trial_id` = the parent, `tuner/bracket` = 0, `tuner/round` = k+1;
 2. otherwise starts a new configuration at rung 0 (`tuner/epochs` = r, `tuner/initial_epoch` = 0,
    `tuner/round` = 0): drawn by a `kt_cluster.core.sampler.ModelSampler` fit on the rung-0 results
-   when the oracle has one (model-based and cost-aware, BOHB-style), else at random.
+   when the oracle has one (model-based and cost-aware, BOHB-style, never costing more per
+   epoch than `exploration_cap`), else at random.
 
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
 Hyperband's brackets); the only exception is a search space with no unseen configuration left,
@@ -161,11 +162,25 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
         def draw() -> dict[str, Any] | None:
             return compat.unseen_values(self, lambda: rng.getrandbits(63))
 
+        cap = self.exploration_cap(scored)
         values = self.sampler.sample(self.hyperparameters.space, draw, scored,
-                                     self.objective.direction == "max", rng)
+                                     self.objective.direction == "max", rng, cap)
         if values is not None and compat.tried_before(self, values):
-            values = draw()  # a model draw that repeats a tried configuration
+            values = self.sampler.capped(draw, cap)()  # a model draw that repeats a tried configuration
         return values
+
+    def exploration_cap(self, scored: list[tuple[dict[str, Any], float]]) -> float | None:
+        """The most a new configuration may cost per epoch: what makes its first rung cost as much
+        as carrying the best rung-0 configuration so far to max_epochs (None without a cost or a
+        score). Looking at one more configuration is never worth more than finishing the best
+        one: under a budget of a few trainings, one U-Net of 80 filters would otherwise take the
+        budget of dozens of small trials, and with it the best configuration's last rungs."""
+        cost = self.sampler.cost if self.sampler is not None else None
+        if cost is None or not scored:
+            return None
+        pick = max if self.objective.direction == "max" else min
+        best, _ = pick(scored, key=lambda vs: vs[1])
+        return cost(best) * self.max_epochs / self.rungs[0]
 
     # --- state -------------------------------------------------------------------------------
 

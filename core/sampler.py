@@ -27,6 +27,11 @@ times as much must look better by more than a little to be worth it.
   16-filter depth-4 U-Net, and a 128-filter one's first rung alone can outlast the whole budget
   of a small search.
 
+- The caller may cap the cost of a new configuration (`max_cost`): ASHA never starts one whose
+  first rung costs more than carrying its best rung-0 configuration to `max_epochs` would
+  (`ASHAOracle.exploration_cap`). Weighing by cost alone still let one 80-filter U-Net, drawn in
+  a 13-trial search, take the budget of dozens of small trials and the best one's last rungs.
+
 Everything is derived from the trials at call time and drawn from the oracle's seeded random
 state: a restarted chief samples the same way, and nothing new is persisted.
 """
@@ -54,9 +59,12 @@ class ModelSampler:
         self.random_fraction, self.cost_weight, self.bandwidth = random_fraction, cost_weight, bandwidth
 
     def sample(self, space: Sequence, draw_random: Callable[[], dict[str, Any] | None],
-               scored: Sequence[tuple[dict[str, Any], float]], maximize: bool, rng: random.Random) -> dict[str, Any] | None:
+               scored: Sequence[tuple[dict[str, Any], float]], maximize: bool, rng: random.Random,
+               max_cost: float | None = None) -> dict[str, Any] | None:
         """A new configuration. `draw_random` gives a fresh random one (None: none left); `scored`
-        holds (values, score) of trials at the rung the model is fit on."""
+        holds (values, score) of trials at the rung the model is fit on; with a cost, no
+        configuration above `max_cost` is picked while one below it can be drawn."""
+        draw_random = self.capped(draw_random, max_cost)
         if len(scored) < self.min_points:
             return self._cheapest(draw_random, self.initial_candidates)
         if rng.random() < self.random_fraction:
@@ -73,9 +81,31 @@ class ModelSampler:
             if i % 4 != 3:  # three in four drawn around a good configuration, the rest as they come
                 base = self._around(base, rng.choice(good), numeric, rng)
             pool.append(base)
+        if max_cost is not None and self.cost is not None:
+            pool = [v for v in pool if self.cost(v) <= max_cost] or pool  # `_around` may move past the cap
         if not pool:
             return None
         return max(pool, key=lambda v: self._acquisition(v, space, good, bad))
+
+    def capped(self, draw_random: Callable[[], dict[str, Any] | None],
+               max_cost: float | None) -> Callable[[], dict[str, Any] | None]:
+        """`draw_random`, redrawn (up to `candidates` times) while its draw costs over `max_cost`;
+        the cheapest of those draws when none is under it. Unchanged without a cap or a cost."""
+        if max_cost is None or self.cost is None:
+            return draw_random
+
+        def draw() -> dict[str, Any] | None:
+            over = []
+            for _ in range(self.candidates):
+                values = draw_random()
+                if values is None:
+                    break
+                if self.cost(values) <= max_cost:
+                    return values
+                over.append(values)
+            return min(over, key=self.cost) if over else None
+
+        return draw
 
     def _cheapest(self, draw_random, count: int) -> dict[str, Any] | None:
         draws = [v for v in (draw_random() for _ in range(count)) if v is not None]

@@ -153,3 +153,45 @@ def test_asha_gets_the_cost_aware_model_sampler_unless_random_is_asked_for(tmp_p
     assert isinstance(sampler, ModelSampler) and sampler.cost({"start_neurons": 32, "net_depth": 3}) > \
         sampler.cost({"start_neurons": 16, "net_depth": 3})
     assert make_oracle(from_dict({"tuner": "asha", "sampler": "random"})).sampler is None
+
+
+@pytest.mark.parametrize("random_fraction", [0.0, 1.0])
+def test_no_pick_costs_more_than_the_cap_while_cheaper_draws_exist(random_fraction):
+    hp = space()
+    # The model would like big units: the good configurations are the biggest.
+    scored = [({"units": u, "lr": 1e-3, "loss": "a"}, u / 128) for u in (16, 48, 96, 128)]
+    sampler = ModelSampler(cost=units_cost, random_fraction=random_fraction)
+    capped = [sampler.sample(hp.space, drawer(hp, i), scored, True, random.Random(i), max_cost=40.0**2)
+              for i in range(40)]
+    assert max(p["units"] for p in capped) <= 40
+    free = [sampler.sample(hp.space, drawer(hp, i), scored, True, random.Random(i)) for i in range(40)]
+    assert max(p["units"] for p in free) > 40  # without the cap it does go there
+
+
+def test_asha_never_starts_a_configuration_dearer_than_finishing_its_best_one(tmp_path):
+    from kt_cluster.core.config import from_dict
+    from kt_cluster.core.tuner import build_tuner
+
+    config = from_dict({"tuner": "asha", "data": {"image_size": 128}, "results": str(tmp_path),
+                        "max_trials": 30, "max_epochs": 27})
+    space = build_tuner(config).oracle.hyperparameters
+    for seed in range(1, 6):
+        oracle = make_oracle_for(config, space, seed, tmp_path / str(seed))
+        cost, ratio = oracle.sampler.cost, oracle.max_epochs / oracle.rungs[0]
+        best: tuple[float, dict] | None = None
+        for _ in range(30):
+            trial = oracle.create_trial("w0")
+            if trial.status != Status.RUNNING:
+                break
+            values = trial.hyperparameters.values
+            fresh = "tuner/trial_id" not in values
+            if fresh and best is not None:
+                assert cost(values) <= cost(best[1]) * ratio * (1 + 1e-9), (values, best)
+            # Bigger is better here: the model alone would climb to the space's dearest U-Nets.
+            score = values["start_neurons"] * values["net_depth"] / 1000
+            if fresh and (best is None or score > best[0]):
+                best = (score, dict(values))
+            oracle.update_trial(trial.trial_id, {"val_f1": score}, step=values["tuner/epochs"] - 1)
+            trial.status = Status.COMPLETED
+            oracle.end_trial(trial)
+        assert oracle.exploration_cap([(best[1], best[0])]) == pytest.approx(cost(best[1]) * ratio)
