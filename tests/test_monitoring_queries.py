@@ -57,10 +57,13 @@ NAMESPACE, SEARCH = "ml", "unet-kt-cluster"
 CHIEF_POD = f"{SEARCH}-chief-0"
 
 # The brief's tiny search, with three activations so that max_trials (3) trials run (one value
-# each would leave a single point in the space), and a short lease so that a frozen worker loses
-# its trial within seconds.
+# each would leave a single point in the space), a short lease so that a frozen worker loses its
+# trial within seconds, and enough epochs that a worker still trains for a few seconds once
+# Prometheus (scraping every second) holds its first epoch's metrics: an epoch of this search
+# takes a fraction of a second, and with 4 epochs a trial whose trace was quick ended before its
+# worker could be caught training.
 CONFIG = {
-    "tuner": "random", "max_trials": 3, "epochs": 4, "batch_size": 4, "early_stopping": False,
+    "tuner": "random", "max_trials": 3, "epochs": 12, "batch_size": 4, "early_stopping": False,
     "lease_seconds": LEASE_SECONDS,
     "data": {"image_size": 32, "synthetic": True},
     "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
