@@ -26,7 +26,6 @@ times as much must look better by more than a little to be worth it.
   not of the draws: three uniform draws in four from the default space cost over six times a
   16-filter depth-4 U-Net, and a 128-filter one's first rung alone can outlast the whole budget
   of a small search.
-
 - The caller may cap the cost of a new configuration (`max_cost`): ASHA never starts one whose
   first rung costs more than carrying its best rung-0 configuration to `max_epochs` would
   (`ASHAOracle.exploration_cap`). Weighing by cost alone still let one 80-filter U-Net, drawn in
