@@ -15,10 +15,16 @@ Rungs are trained for r, r*eta, r*eta^2, ... epochs, the last one capped at R (`
    when the oracle has one (model-based and cost-aware, BOHB-style, never costing more per
    epoch than `exploration_cap`), else at random.
 
+The end of a `max_trials` budget is kept for the final climb: once the trials left are no more
+than the promotions still needed to bring the furthest configuration to `max_epochs`, each one
+promotes the best completed trial at the highest rung reached, whatever its rank there (without
+this, rung-0 trials started while the last promotions were due would use up the budget and no
+configuration would train for `max_epochs`).
+
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
-Hyperband's brackets); the only exception is a search space with no unseen configuration left,
-where it waits (IDLE) for running trials that may make a promotion possible, or stops. Once
-`max_trials` trials exist it answers STOPPED.
+Hyperband's brackets), with two exceptions where it waits for running trials: during the final
+climb while the highest rung's results are still running, and in a search space with no unseen
+configuration left. Once `max_trials` trials exist it answers STOPPED.
 
 State: `get_state()` adds three numbers to keras-tuner's Oracle state (min_epochs, max_epochs,
 eta) and nothing per trial. Rung results and promotions are derived from the trials themselves
@@ -125,23 +131,52 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
                     return trial_id, rung
         return None
 
+    def final_climb_left(self) -> int:
+        """Promotions still needed to carry the furthest configuration to max_epochs: the rungs
+        above the highest one that a running or completed trial has reached."""
+        results, _ = self._index()
+        reached = [rung for rung, scores in enumerate(results) if scores]
+        reached += [t.hyperparameters.values.get("tuner/round", 0) for t in self.ongoing_trials.values()]
+        return len(results) - 1 - max(reached, default=0)
+
+    def climb_candidate(self) -> tuple[str, int] | None:
+        """(trial id, its rung) of the best completed trial at the highest rung reached, whatever
+        its rank among its rung's results: the trial the last of the budget carries upwards."""
+        results, promoted = self._index()
+        top = len(results) - 1 - self.final_climb_left()
+        scores = {t: s for t, s in results[top].items() if t not in promoted}
+        if top == len(results) - 1 or not scores:
+            return None
+        pick = max if self.objective.direction == "max" else min
+        return pick(scores, key=scores.__getitem__), top
+
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         if self.max_trials and len(self.trials) >= self.max_trials:
             return {"status": TrialStatus.STOPPED}
-        rungs = self.rungs
+        climb = self.final_climb_left()
+        if self.max_trials and 0 < self.max_trials - len(self.trials) <= climb:
+            # The rest of the budget is only enough to carry one configuration to max_epochs:
+            # spend it there rather than on rung 0 trials that will never be promoted.
+            found = self.climb_candidate()
+            if found is None:  # the highest rung's results are still running: wait for them
+                return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
+            return self._promotion(*found)
         found = self.promotable()
         if found is not None:
-            parent_id, rung = found
-            parent = self.trials[parent_id]
-            values = {k: v for k, v in parent.hyperparameters.values.items() if k not in TUNER_KEYS}
-            values.update({"tuner/epochs": rungs[rung + 1], "tuner/initial_epoch": rungs[rung],
-                           "tuner/trial_id": parent_id, "tuner/bracket": 0, "tuner/round": rung + 1})
-            self._promoted.add(parent_id)
-            return {"status": TrialStatus.RUNNING, "values": values}
+            return self._promotion(*found)
         values = self._new_values()
         if values is None:  # every configuration of the space has been sampled
             return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
-        values.update({"tuner/epochs": rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
+        values.update({"tuner/epochs": self.rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
+        return {"status": TrialStatus.RUNNING, "values": values}
+
+    def _promotion(self, parent_id: str, rung: int) -> dict[str, Any]:
+        """A new trial that trains `parent_id`'s configuration on from rung `rung` to the next."""
+        rungs = self.rungs
+        values = {k: v for k, v in self.trials[parent_id].hyperparameters.values.items() if k not in TUNER_KEYS}
+        values.update({"tuner/epochs": rungs[rung + 1], "tuner/initial_epoch": rungs[rung],
+                       "tuner/trial_id": parent_id, "tuner/bracket": 0, "tuner/round": rung + 1})
+        self._promoted.add(parent_id)
         return {"status": TrialStatus.RUNNING, "values": values}
 
     def _new_values(self) -> dict[str, Any] | None:

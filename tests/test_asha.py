@@ -2,6 +2,7 @@
 hyperparameters, no IDLE while the budget lasts, small JSON state; and one real 2-worker search."""
 
 import json
+import random
 
 import keras_tuner
 import pytest
@@ -135,12 +136,54 @@ def test_failed_trials_are_never_promoted(oracle):
     assert values(oracle.create_trial("w0")).get("tuner/trial_id") is None  # 2 completed < eta
 
 
-def test_never_idle_while_the_budget_lasts_then_stopped(tmp_path):
-    oracle = make(max_trials=7, tmp_path=tmp_path)
-    running = [oracle.create_trial(f"w{i}") for i in range(7)]  # nothing finished: still no IDLE
-    assert [t.status for t in running] == [Status.RUNNING] * 7
+def test_never_idle_while_the_budget_lasts_beyond_the_final_climb(tmp_path):
+    oracle = make(max_trials=50, tmp_path=tmp_path)  # rungs [1, 3, 9]
+    running = [oracle.create_trial(f"w{i}") for i in range(48)]  # nothing finished: still no IDLE
+    assert [t.status for t in running] == [Status.RUNNING] * 48
+
+
+def test_the_last_trials_carry_the_best_configuration_to_max_epochs_then_stopped(tmp_path):
+    oracle = make(max_trials=7, tmp_path=tmp_path)  # rungs [1, 3, 9]: two promotions to the top
+    first = [oracle.create_trial(f"w{i}") for i in range(5)]
+    assert [t.status for t in first] == [Status.RUNNING] * 5
+    assert oracle.create_trial("w5").status == Status.IDLE  # 2 left, kept for the climb
+    finish(oracle, first[0], 0.4)
+    finish(oracle, first[1], 0.8)  # 2 results: below ASHA's quota of 3, promoted all the same
+    up = oracle.create_trial("w1")
+    assert (values(up)["tuner/trial_id"], values(up)["tuner/round"]) == (first[1].trial_id, 1)
+    finish(oracle, first[2], 0.9)  # better, but rung 1 is the highest reached: wait for it
+    assert oracle.create_trial("w2").status == Status.IDLE
+    finish(oracle, up, 0.85)
+    top = oracle.create_trial("w2")
+    assert (values(top)["tuner/trial_id"], values(top)["tuner/round"]) == (up.trial_id, 2)
+    assert values(top)["tuner/epochs"] == 9
     assert oracle.create_trial("late").status == Status.STOPPED
     assert len(oracle.trials) == 7
+
+
+@pytest.mark.parametrize("max_trials", [7, 9, 13, 16, 25])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_workers_bring_a_configuration_to_max_epochs_within_the_budget(tmp_path, max_trials, seed):
+    """Two workers, each trial lasting as many time units as it trains epochs, scores at random."""
+    oracle = make(max_trials=max_trials, min_epochs=3, max_epochs=27, seed=seed, tmp_path=tmp_path / "s")
+    scores, clock, running = random.Random(seed), 0, {}
+    for worker in ("w0", "w1"):
+        t = oracle.create_trial(worker)
+        running[worker] = (clock + values(t)["tuner/epochs"] - values(t)["tuner/initial_epoch"], t)
+    while running:
+        worker = min(running, key=lambda w: running[w][0])
+        clock, trial = running.pop(worker)
+        if trial.status == Status.RUNNING:
+            finish(oracle, trial, scores.random())
+        nxt = oracle.create_trial(worker)
+        if nxt.status == Status.RUNNING:
+            running[worker] = (clock + values(nxt)["tuner/epochs"] - values(nxt)["tuner/initial_epoch"], nxt)
+        elif nxt.status == Status.IDLE:
+            others = [end for end, _ in running.values()]
+            assert others, "IDLE with nothing running"
+            running[worker] = (min(others), nxt)  # ask again once another trial has ended
+    assert len(oracle.trials) == max_trials
+    assert max(values(t)["tuner/epochs"] for t in oracle.trials.values()) == 27
 
 
 def test_budget_counts_promoted_trials(tmp_path):
