@@ -146,11 +146,11 @@ class SpaceConfig(_Model):
                                          description="Activations searched, an unordered choice.")
     bn_momentum: Annotated[list[Annotated[float, BeforeValidator(_number_text), Field(gt=0, lt=1)]],
                            AfterValidator(_unique_momenta)] = Field(
-        default_factory=lambda: [0.99, 0.9], min_length=1, json_schema_extra={"uniqueItems": True},
-        description="Batch normalisation momenta searched, an unordered choice (one: fixed): 0.99 (Keras' "
-                    "default) averages the batch statistics used at validation over about 100 steps, 0.9 "
-                    "over about 10; with a few dozen steps per epoch the first lags the weights for "
-                    "several epochs.")
+        default_factory=lambda: [0.9], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Batch normalisation momenta searched, an unordered choice (one: fixed). 0.9 averages "
+                    "the batch statistics used at validation over about 10 steps; Keras' default, 0.99, "
+                    "over about 100, which with a few dozen steps per epoch lag the weights for several "
+                    "epochs (add it to search it).")
     loss: Annotated[list[Loss], AfterValidator(_unique_losses)] = Field(
         default_factory=lambda: ["weighted_bce"], min_length=1, json_schema_extra={"uniqueItems": True},
         description="Losses searched, an unordered choice (one: fixed): weighted_bce (the article's binary "

@@ -69,7 +69,7 @@ def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spi
     assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("hyperband", 3, None, 30)
     assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
-    assert config.space.bn_momentum == [0.99, 0.9]
+    assert config.space.bn_momentum == [0.9]
 
 
 @pytest.mark.parametrize("raw, field", [

@@ -33,10 +33,10 @@ def _space(builder) -> dict[str, keras_tuner.engine.hyperparameters.HyperParamet
     return {p.name: p for p in hp.space}
 
 
-def test_default_space_is_the_articles_hyperparameters_and_the_batch_norm_momentum():
+def test_default_space_is_the_articles_hyperparameters():
     space = _space(default_space_builder(SearchConfig()))
 
-    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation", "bn_momentum"]
+    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation"]
     start, depth = space["start_neurons"], space["net_depth"]
     assert isinstance(start, keras_tuner.engine.hyperparameters.Int)
     assert (start.min_value, start.max_value, start.step) == (16, 128, 16)
@@ -48,7 +48,17 @@ def test_default_space_is_the_articles_hyperparameters_and_the_batch_norm_moment
     activation = space["activation"]
     assert isinstance(activation, keras_tuner.engine.hyperparameters.Choice)
     assert activation.values == ["mish", "elu", "lrelu"] and activation.ordered is False
-    momentum = space["bn_momentum"]
+
+
+def test_default_batch_norm_momentum_is_0_9_and_two_momenta_are_searched():
+    hp = keras_tuner.HyperParameters()
+    model = default_space_builder(_config(image_size=16))(hp)
+    assert "bn_momentum" not in hp.values
+    assert {layer.momentum for layer in _layers(model, keras.layers.BatchNormalization)} == {0.9}
+
+    config = _config(image_size=16)
+    config.space.bn_momentum = [0.99, 0.9]
+    momentum = _space(default_space_builder(config))["bn_momentum"]
     assert isinstance(momentum, keras_tuner.engine.hyperparameters.Choice)
     assert momentum.values == [0.99, 0.9] and momentum.ordered is False
 
@@ -57,7 +67,7 @@ def test_default_space_is_the_articles_hyperparameters_and_the_batch_norm_moment
 def test_the_sampled_batch_norm_momentum_reaches_every_batch_norm_layer(value):
     hp = keras_tuner.HyperParameters()
     hp.values["bn_momentum"] = value
-    model = default_space_builder(_config(image_size=16))(hp)
+    model = default_space_builder(_config(image_size=16, bn_momentum=[0.99, 0.9]))(hp)
 
     norms = _layers(model, keras.layers.BatchNormalization)
     assert norms and {layer.momentum for layer in norms} == {value}
