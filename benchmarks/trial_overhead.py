@@ -228,7 +228,7 @@ def split(trial: Trial) -> dict[str, float]:
     out["after"] = trial.end - trial.fit_end - trial.end_seconds
     out["rest"] = wall - sum(out.values())
     return {**out, "wall": wall, "epochs": trial.epochs, "n_steps": len(durations), "median_step": median,
-            "complete": True}
+            "step_seconds": durations, "complete": True}
 
 
 def observe_worker(config_path: str, address: str, metrics_port: int | None = None,
