@@ -131,21 +131,24 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
                     return trial_id, rung
         return None
 
-    def final_climb_left(self) -> int:
+    def final_climb_left(self) -> int | None:
         """Promotions still needed to carry the furthest configuration to max_epochs: the rungs
-        above the highest one that a running or completed trial has reached."""
+        above the highest one that a running or completed trial has reached (None before any)."""
         results, _ = self._index()
         reached = [rung for rung, scores in enumerate(results) if scores]
         reached += [t.hyperparameters.values.get("tuner/round", 0) for t in self.ongoing_trials.values()]
-        return len(results) - 1 - max(reached, default=0)
+        return len(results) - 1 - max(reached) if reached else None
 
     def climb_candidate(self) -> tuple[str, int] | None:
         """(trial id, its rung) of the best completed trial at the highest rung reached, whatever
         its rank among its rung's results: the trial the last of the budget carries upwards."""
         results, promoted = self._index()
-        top = len(results) - 1 - self.final_climb_left()
+        climb = self.final_climb_left()
+        if not climb:
+            return None
+        top = len(results) - 1 - climb
         scores = {t: s for t, s in results[top].items() if t not in promoted}
-        if top == len(results) - 1 or not scores:
+        if not scores:
             return None
         pick = max if self.objective.direction == "max" else min
         return pick(scores, key=scores.__getitem__), top
@@ -154,7 +157,7 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
         if self.max_trials and len(self.trials) >= self.max_trials:
             return {"status": TrialStatus.STOPPED}
         climb = self.final_climb_left()
-        if self.max_trials and 0 < self.max_trials - len(self.trials) <= climb:
+        if climb and self.max_trials and self.max_trials - len(self.trials) <= climb:
             # The rest of the budget is only enough to carry one configuration to max_epochs:
             # spend it there rather than on rung 0 trials that will never be promoted.
             found = self.climb_candidate()

@@ -3,8 +3,9 @@
 Both tuners only pay off when some configurations reach `max_epochs`. Hyperband's brackets have a
 fixed number of trials (keras-tuner's sizes: its first bracket starts `factor**s` configurations at
 one epoch or so), so a `max_trials` below one bracket ends the search with nothing but its shortest
-trials; ASHA needs `eta` results at a rung for each promotion, so its top rung needs
-`eta**k + eta**(k-1) + ... + 1` trials for `k` promotions. `budget_warnings` says so, with the
+trials; ASHA needs `eta` results at a rung for each promotion by rank, so its top rung needs
+`eta**k + eta**(k-1) + ... + 1` trials for `k` promotions (with fewer, the final climb still
+carries one configuration up, chosen among fewer results). `budget_warnings` says so, with the
 value to set, before any trial runs (the chief logs them and serves them in its status, which
 `ktc status` and `ktc local` show).
 
@@ -85,17 +86,21 @@ def _asha_warnings(config: SearchConfig) -> list[str]:
     while min_epochs * eta ** (rungs - 1) < config.max_epochs:
         rungs += 1
     needed = trials_to_top(rungs - 1, eta)
+    fix = f"set max_trials >= {needed}, or raise min_epochs, or leave min_epochs unset to derive it from the budget"
     warnings = []
-    if config.max_trials < needed:
-        reachable = 0
-        while trials_to_top(reachable + 1, eta) <= config.max_trials:
-            reachable += 1
+    if config.max_trials < rungs:
+        longest = min(config.max_epochs, min_epochs * eta ** (config.max_trials - 1))
         warnings.append(
             f"max_trials {config.max_trials} cannot carry any asha trial to max_epochs {config.max_epochs} "
-            f"(rungs from min_epochs {min_epochs} need {needed} trials; the longest trial trains "
-            f"{min(config.max_epochs, min_epochs * eta ** reachable)} epochs); set max_trials >= {needed}, "
-            f"or raise min_epochs, or leave min_epochs unset to derive it from the budget")
-    if config.max_trials < eta:
+            f"(rungs from min_epochs {min_epochs} need {needed} trials; the longest trial trains {longest} "
+            f"epochs); {fix}")
+    elif config.max_trials < needed:
+        warnings.append(
+            f"max_trials {config.max_trials} is below the {needed} trials that asha's rungs from min_epochs "
+            f"{min_epochs} need for promotions by rank: only {config.max_trials - rungs + 1} configurations "
+            f"start, and the last {rungs - 1} trials carry the best one to max_epochs {config.max_epochs} "
+            f"whatever its rank; {fix}")
+    if rungs == 1 and config.max_trials < eta:
         warnings.append(f"max_trials {config.max_trials} is below asha's reduction factor {eta}: "
                         f"nothing is ever promoted; set max_trials >= {eta * eta}")
     return warnings

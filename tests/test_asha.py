@@ -161,6 +161,17 @@ def test_the_last_trials_carry_the_best_configuration_to_max_epochs_then_stopped
     assert len(oracle.trials) == 7
 
 
+def test_a_budget_smaller_than_the_climb_still_starts_a_configuration(tmp_path):
+    oracle = make(max_trials=2, tmp_path=tmp_path)  # rungs [1, 3, 9]: too few trials to reach 9
+    first = oracle.create_trial("w0")
+    assert first.status == Status.RUNNING and values(first)["tuner/round"] == 0
+    assert oracle.create_trial("w1").status == Status.IDLE
+    finish(oracle, first, 0.5)
+    up = oracle.create_trial("w1")
+    assert (values(up)["tuner/trial_id"], values(up)["tuner/epochs"]) == (first.trial_id, 3)
+    assert oracle.create_trial("w0").status == Status.STOPPED
+
+
 @pytest.mark.parametrize("max_trials", [7, 9, 13, 16, 25])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_two_workers_bring_a_configuration_to_max_epochs_within_the_budget(tmp_path, max_trials, seed):

@@ -37,12 +37,19 @@ def test_hyperband_ending_inside_its_first_bracket_is_warned_with_the_trials_to_
     assert budget_warnings(from_dict({"tuner": "hyperband", "max_epochs": 27, "max_trials": 40})) == []
 
 
-def test_asha_that_cannot_reach_max_epochs_is_warned():
+def test_asha_with_too_few_trials_for_promotions_by_rank_is_warned():
     config = from_dict({"tuner": "asha", "max_epochs": 27, "min_epochs": 1, "max_trials": 30})
     [warning] = budget_warnings(config)
-    assert "cannot carry any asha trial to max_epochs 27" in warning
-    assert "need 40 trials" in warning and "set max_trials >= 40" in warning
+    assert "below the 40 trials that asha's rungs from min_epochs 1 need for promotions by rank" in warning
+    assert "only 27 configurations start, and the last 3 trials carry the best one" in warning
+    assert "set max_trials >= 40" in warning
     assert budget_warnings(from_dict({"tuner": "asha", "max_epochs": 27, "min_epochs": 1, "max_trials": 40})) == []
+
+
+def test_asha_that_cannot_reach_max_epochs_is_warned():
+    [warning] = budget_warnings(from_dict({"tuner": "asha", "max_epochs": 27, "min_epochs": 1, "max_trials": 3}))
+    assert "cannot carry any asha trial to max_epochs 27" in warning
+    assert "the longest trial trains 9 epochs" in warning and "set max_trials >= 40" in warning
     tiny = budget_warnings(from_dict({"tuner": "asha", "max_epochs": 9, "min_epochs": 9, "max_trials": 2}))
     assert any("nothing is ever promoted" in w for w in tiny)
 
