@@ -106,8 +106,13 @@ class ModelSampler:
 
         return draw
 
+    @staticmethod
+    def _draws(draw_random, count: int) -> list[dict[str, Any]]:
+        """Up to `count` random draws (fewer when the space runs out)."""
+        return [v for v in (draw_random() for _ in range(count)) if v is not None]
+
     def _cheapest(self, draw_random, count: int) -> dict[str, Any] | None:
-        draws = [v for v in (draw_random() for _ in range(count)) if v is not None]
+        draws = self._draws(draw_random, count)
         if not draws:
             return None
         return min(draws, key=self.cost) if self.cost else draws[0]
@@ -115,7 +120,7 @@ class ModelSampler:
     def _per_cost(self, draw_random, rng: random.Random) -> dict[str, Any] | None:
         """One of `candidates` random draws, each with a chance proportional to 1 / its cost
         (uniform without a cost)."""
-        draws = [v for v in (draw_random() for _ in range(self.candidates if self.cost else 1)) if v is not None]
+        draws = self._draws(draw_random, self.candidates if self.cost else 1)
         if not draws:
             return None
         if not self.cost:
