@@ -20,10 +20,13 @@ time every phase, and the chief client's calls are timed. Datasets (generated on
 
 A trial's wall time (from its CreateTrial call to the end of its EndTrial) splits into:
 
-  steps       training steps, each counted up to the trial's median step time
-  first step  the first step's excess over the median: tracing the train function (and XLA)
-  stalls      the other steps' excess over the median: waiting for input (first pass over the
-              data), slow steps after a trace
+  steps       training steps, at their own length, less what counts as first step and stalls
+  first step  the first step's excess over the median step: tracing the train function (and XLA)
+  stalls      the excess over the median of the other steps that lie outside the trial's noise
+              band (median + 3 scaled median absolute deviations): waiting for input (first pass
+              over the data), slow steps after a trace or beside a checkpoint write. Steps inside
+              the band are training whatever their length: their spread is symmetric (as much
+              time below the median as above it), the steps' own noise, not waits
   validation  validation passes, the first one's tracing included
   epoch end   the epoch-end callbacks: checkpoint writes and the UpdateTrial call
   setup       from the trial's start to fit's first callback: model build and compile, input
@@ -207,6 +210,14 @@ def _Tail(trial):
     return _callback_classes()[1](trial)
 
 
+def noise_band(durations: list[float], median: float) -> float:
+    """The longest step still counted as a plain step: the median plus 3 median absolute
+    deviations, scaled to a normal distribution's standard deviation (1.4826)."""
+    if not durations:
+        return median
+    return median + 3 * 1.4826 * statistics.median(abs(d - median) for d in durations)
+
+
 def split(trial: Trial) -> dict[str, float]:
     """A trial's wall time by phase (seconds); the phases add up to the wall time. `complete`
     is false for a trial cut short (the worker stopped) or that trained nothing."""
@@ -219,9 +230,9 @@ def split(trial: Trial) -> dict[str, float]:
                 "complete": False}
     durations = [s for _, s in trial.steps]
     median = statistics.median(durations[1:] or durations)
-    out["steps"] = sum(min(d, median) for d in durations)
     out["first_step"] = max(0.0, durations[0] - median)
-    out["stalls"] = sum(max(0.0, d - median) for d in durations[1:])
+    out["stalls"] = sum(d - median for d in durations[1:] if d > noise_band(durations[1:], median))
+    out["steps"] = sum(durations) - out["first_step"] - out["stalls"]
     out["validation"] = sum(trial.validation)
     out["epoch_end"] = sum(trial.epoch_end)
     out["setup"] = trial.fit_begin - trial.start - trial.create_seconds
