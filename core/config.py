@@ -191,13 +191,14 @@ class SearchConfig(_Model):
     search_id: Annotated[Text, Rule("must be a non-empty name without '/'")] = Field(
         "ktc-search", pattern=r"^[^/]+$",
         description="Name of the search: its folder under `results`, its Neptune run id.")
-    tuner: Tuner = Field("hyperband", description="hyperband, bayesian (Gaussian process), random or asha "
-                                                  "(asynchronous successive halving).")
+    tuner: Tuner = Field("asha", description="asha (asynchronous successive halving), hyperband, bayesian "
+                                             "(Gaussian process) or random.")
     objective: Annotated[Text, Rule("must name a metric such as val_f1")] = Field(
         "val_f1", min_length=1, description="Metric the search optimises (a Keras metric such as val_f1 or val_loss).")
     direction: Literal["min", "max"] = Field("max", description="Whether the objective is minimised or maximised.")
-    max_trials: int = Field(30, ge=1, description="Trial budget (also caps Hyperband; 30 is one whole Hyperband "
-                                                  "iteration at the default max_epochs and hyperband_factor).")
+    max_trials: int = Field(30, ge=1, description="Trial budget (also caps Hyperband; 30 at the default "
+                                                  "max_epochs and hyperband_factor: asha rungs of 3, 9 and 20 "
+                                                  "epochs, or one whole Hyperband iteration).")
     max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
     min_epochs: int | None = Field(None, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
                                                            "hyperband_factor**k, up to max_epochs); null: derived "

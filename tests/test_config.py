@@ -57,16 +57,16 @@ def test_bad_environment_value_names_the_field(tmp_path):
 
 def test_defaults_follow_the_reference_article():
     config = load(None, env={})
-    assert (config.tuner, config.objective, config.direction) == ("hyperband", "val_f1", "max")
+    assert (config.tuner, config.objective, config.direction) == ("asha", "val_f1", "max")
     assert (config.space.start_neurons.min, config.space.start_neurons.max, config.space.start_neurons.step) == (16, 128, 16)
     assert (config.space.net_depth.min, config.space.net_depth.max) == (2, 6)
     assert config.space.activation == ["mish", "elu", "lrelu"]
     assert config.learning_rate == 1e-3
 
 
-def test_search_additions_default_to_hyperband_and_the_articles_space_with_a_spike_robust_score():
+def test_search_additions_default_to_asha_and_the_articles_space_with_a_spike_robust_score():
     config = load(None, env={})
-    assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("hyperband", 3, None, 30)
+    assert (config.tuner, config.score_window, config.min_epochs, config.max_trials) == ("asha", 3, None, 30)
     assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
     assert config.space.bn_momentum == [0.9]
@@ -96,6 +96,7 @@ def test_a_learning_rate_written_as_yaml_reads_it_is_a_number(tmp_path):
     assert (rates.min, rates.max) == (1e-4, 1e-2)
 
 
-def test_early_stopping_defaults_off_under_hyperband_only():
+def test_early_stopping_defaults_off_under_asha_and_hyperband_only():
     assert not load(None, env={}).early_stopping_on
+    assert not load(None, env={}, overrides={"tuner": "hyperband"}).early_stopping_on
     assert load(None, env={}, overrides={"tuner": "random"}).early_stopping_on
