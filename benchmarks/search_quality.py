@@ -19,12 +19,12 @@ before count, at the CPU seconds spent when their `trial.json` appeared.
 
 Searches (`--tuners`):
 - `default`: only what a user must set: `data.path`, `data.image_size` 128, `data.classes`, the
-  budget (`max_trials` 40 and `max_epochs` 27, one whole first Hyperband bracket:
-  `--default-trials`, `--default-max-epochs`) and the seed; everything else is the config's
-  default (tuner hyperband, space, score).
-- `asha-model`: `tuner: asha` with only the budget set besides (`max_trials` 13, `max_epochs` 27:
-  `--asha-trials`, `--asha-max-epochs`): the model-based, cost-aware sampler and first rung
-  derived from the budget, which are asha's defaults;
+  budget (`max_trials` 13 and `max_epochs` 27: `--default-trials`, `--default-max-epochs`) and
+  the seed; everything else is the config's default (tuner asha, space, score).
+- `asha-model`: `tuner: asha` set explicitly, with only the budget besides (`max_trials` 13,
+  `max_epochs` 27: `--asha-trials`, `--asha-max-epochs`): the model-based, cost-aware sampler,
+  first rung derived from the budget and final climb, which are asha's defaults (with the
+  default tuner asha, the same search as `default` at the same budget);
 - `random`, `bayesian`: the default space, every trial `--epochs` epochs, the median stopping
   rule (their default);
 - `hyperband`: the default space, max_epochs `--epochs`;
@@ -312,7 +312,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=25, help="of the hand-picked training (and the others' longest)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--budget-factor", type=float, default=3.0)
-    p.add_argument("--default-trials", type=int, default=40, help="max_trials of the default search")
+    p.add_argument("--default-trials", type=int, default=13, help="max_trials of the default search")
     p.add_argument("--default-max-epochs", type=int, default=27, help="max_epochs of the default search")
     p.add_argument("--asha-trials", type=int, default=13, help="max_trials of the asha-model search")
     p.add_argument("--asha-max-epochs", type=int, default=27,
