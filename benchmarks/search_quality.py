@@ -80,7 +80,7 @@ def handpicked_config(args, seed: int, results: Path) -> dict:
         "early_stopping": False, "learning_rate": 1e-3, "score_window": 1,
         "space": {"start_neurons": {"min": 16, "max": 16, "step": 16}, "net_depth": {"min": 4, "max": 4},
                   "dropout": False, "bn_after_act": False, "activation": ["elu"], "bn_momentum": [0.99],
-                  "loss": ["weighted_bce"]}}
+                  "loss": ["weighted_bce"], "pos_weight_power": [1.0]}}
 
 
 def search_config(tuner: str, args, seed: int, results: Path) -> dict:

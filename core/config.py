@@ -14,7 +14,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args
+from typing import Annotated, Any, Callable, Literal, Mapping, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       create_model, model_validator)
@@ -61,22 +61,15 @@ def _number_as_text(value: Any) -> Any:
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def _unique(values: list[str]) -> list[str]:
-    if len(set(values)) != len(values):
-        raise ValueError(f"must not name a class twice, got {values}")
-    return values
+def _no_repeats(noun: str) -> Callable[[list], list]:
+    """A validator refusing a list that names one value twice ("must not name a <noun> twice")."""
 
+    def check(values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"must not name a {noun} twice, got {values}")
+        return values
 
-def _unique_losses(values: list[str]) -> list[str]:
-    if len(set(values)) != len(values):
-        raise ValueError(f"must not name a loss twice, got {values}")
-    return values
-
-
-def _unique_momenta(values: list[float]) -> list[float]:
-    if len(set(values)) != len(values):
-        raise ValueError(f"must not name a momentum twice, got {values}")
-    return values
+    return check
 
 
 def _number_text(value: Any) -> Any:
@@ -145,17 +138,24 @@ class SpaceConfig(_Model):
     activation: list[Activation] = Field(default_factory=lambda: ["mish", "elu", "lrelu"], min_length=1,
                                          description="Activations searched, an unordered choice.")
     bn_momentum: Annotated[list[Annotated[float, BeforeValidator(_number_text), Field(gt=0, lt=1)]],
-                           AfterValidator(_unique_momenta)] = Field(
+                           AfterValidator(_no_repeats("momentum"))] = Field(
         default_factory=lambda: [0.9], min_length=1, json_schema_extra={"uniqueItems": True},
         description="Batch normalisation momenta searched, an unordered choice (one: fixed). 0.9 averages "
                     "the batch statistics used at validation over about 10 steps; Keras' default, 0.99, "
                     "over about 100, which with a few dozen steps per epoch lag the weights for several "
                     "epochs (add it to search it).")
-    loss: Annotated[list[Loss], AfterValidator(_unique_losses)] = Field(
+    loss: Annotated[list[Loss], AfterValidator(_no_repeats("loss"))] = Field(
         default_factory=lambda: ["weighted_bce"], min_length=1, json_schema_extra={"uniqueItems": True},
         description="Losses searched, an unordered choice (one: fixed): weighted_bce (the article's binary "
                     "cross-entropy, positive pixels up-weighted per class) and bce_dice (unweighted binary "
                     "cross-entropy plus soft Dice).")
+    pos_weight_power: Annotated[list[Annotated[float, BeforeValidator(_number_text), Field(ge=0, le=1)]],
+                                AfterValidator(_no_repeats("power"))] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Powers of weighted_bce's positive-pixel weights searched, an ordered choice (one: fixed): "
+                    "each class's weight is ((1 - p) / p) ** power for its share p of the training pixels, capped "
+                    "at 100; 1 is the article's inverse-frequency weighting, 0 plain binary cross-entropy. "
+                    "Strong weights trade precision for recall.")
     learning_rate: FloatRange | None = Field(None, description="Adam's learning rate searched log-uniformly from "
                                                                "min to max; null: fixed at the search's "
                                                                "learning_rate.")
@@ -170,7 +170,7 @@ class DataConfig(_Model):
     image_size: Annotated[int, Unit("pixels")] = Field(
         64, ge=8, description="Side of the square images the model trains on, in pixels.")
     channels: Literal[1, 3] = Field(3, description="Image channels: 1 (grayscale) or 3 (RGB).")
-    classes: Annotated[list[str], AfterValidator(_unique)] = Field(
+    classes: Annotated[list[str], AfterValidator(_no_repeats("class"))] = Field(
         default_factory=lambda: ["table_number", "stamp", "signature"], min_length=1,
         json_schema_extra={"uniqueItems": True},
         description="Mask classes, in the order of the dataset's classes.txt.")

@@ -10,7 +10,7 @@ import keras
 import keras_tuner
 
 from kt_cluster.core import unet as unet_lib
-from kt_cluster.core.config import ConfigError, SearchConfig
+from kt_cluster.core.config import ConfigError, SearchConfig, SpaceConfig
 from kt_cluster.core.losses import BceDice, WeightedBinaryCrossentropy, pos_weights_from_fractions
 from kt_cluster.core.optimizers import FusedAdam
 from kt_cluster.core.segmentation_metrics import F1Score, IoU, Precision, Recall
@@ -27,9 +27,9 @@ class HypermodelError(ConfigError):
 def default_space_builder(config: SearchConfig,
                           class_fractions: Sequence[float] | None = None) -> ModelBuilder:
     """The article's `model_builder(hp)`, with net_depth clamped once to what the image size allows,
-    plus what the space adds to it: batch normalisation's momentum (`space.bn_momentum`) and the
-    loss (`space.loss`), each when it names more than one, and Adam's learning rate
-    (`space.learning_rate`) when set."""
+    plus what the space adds to it: batch normalisation's momentum (`space.bn_momentum`), the
+    loss (`space.loss`) and the power of weighted_bce's class weights (`space.pos_weight_power`),
+    each when it names more than one, and Adam's learning rate (`space.learning_rate`) when set."""
     space, data = config.space, config.data
     depth_min, depth_max = _net_depth_range(config)
     pos_weights = _pos_weights(class_fractions, len(data.classes))
@@ -48,11 +48,13 @@ def default_space_builder(config: SearchConfig,
                          if len(space.bn_momentum) > 1 else space.bn_momentum[0]),
         )
         loss = hp.Choice("loss", space.loss, ordered=False) if len(space.loss) > 1 else space.loss[0]
+        power = _pos_weight_power(hp, space)
         rates = space.learning_rate
         learning_rate = (hp.Float("learning_rate", rates.min, rates.max, sampling="log")
                          if rates and rates.max > rates.min else rates.min if rates else config.learning_rate)
         model.compile(optimizer=FusedAdam(learning_rate),
-                      loss=BceDice() if loss == "bce_dice" else WeightedBinaryCrossentropy(pos_weights),
+                      loss=(BceDice() if loss == "bce_dice"
+                            else WeightedBinaryCrossentropy([weight ** power for weight in pos_weights])),
                       metrics=[F1Score(), Precision(), Recall(), IoU()], **compile_options(config))
         return model
 
@@ -116,6 +118,15 @@ def _net_depth_range(config: SearchConfig) -> tuple[int, int]:
         log.warning("space.net_depth.max %d is too deep for data.image_size %d; searching up to %d",
                     depth.max, size, fits)
     return depth.min, min(depth.max, fits)
+
+
+def _pos_weight_power(hp: keras_tuner.HyperParameters, space: SpaceConfig) -> float:
+    """The class weights' power: searched only when weighted_bce is a loss of the space (bce_dice
+    has no weights, so a power there would be a hyperparameter without effect)."""
+    powers = space.pos_weight_power
+    if "weighted_bce" not in space.loss or len(powers) == 1:
+        return powers[0]
+    return hp.Choice("pos_weight_power", sorted(powers), ordered=True, default=powers[0])
 
 
 def _pos_weights(class_fractions: Sequence[float] | None, n_classes: int) -> list[float]:

@@ -70,6 +70,7 @@ def test_search_additions_default_to_asha_and_the_articles_space_with_a_spike_ro
     assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
     assert config.space.bn_momentum == [0.9]
+    assert config.space.pos_weight_power == [0.0, 0.5, 1.0]
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -81,6 +82,10 @@ def test_search_additions_default_to_asha_and_the_articles_space_with_a_spike_ro
     ({"space": {"bn_momentum": [1.0]}}, "space.bn_momentum"),
     ({"space": {"bn_momentum": [0.9, 0.9]}}, "space.bn_momentum"),
     ({"space": {"bn_momentum": []}}, "space.bn_momentum"),
+    ({"space": {"pos_weight_power": [1.5]}}, "space.pos_weight_power"),
+    ({"space": {"pos_weight_power": [-0.5]}}, "space.pos_weight_power"),
+    ({"space": {"pos_weight_power": [0.5, 0.5]}}, "space.pos_weight_power"),
+    ({"space": {"pos_weight_power": []}}, "space.pos_weight_power"),
     ({"space": {"learning_rate": {"min": 0.01, "max": 0.001}}}, "space.learning_rate.max"),
     ({"space": {"learning_rate": {"min": 0, "max": 0.001}}}, "space.learning_rate.min"),
     ({"space": {"learning_rate": {"min": 1e-4, "max": 1e-2, "step": 1}}}, "space.learning_rate.step"),

@@ -33,10 +33,10 @@ def _space(builder) -> dict[str, keras_tuner.engine.hyperparameters.HyperParamet
     return {p.name: p for p in hp.space}
 
 
-def test_default_space_is_the_articles_hyperparameters():
+def test_default_space_is_the_articles_hyperparameters_and_the_class_weights_power():
     space = _space(default_space_builder(SearchConfig()))
 
-    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation"]
+    assert list(space) == ["start_neurons", "net_depth", "dropout", "bn_after_act", "activation", "pos_weight_power"]
     start, depth = space["start_neurons"], space["net_depth"]
     assert isinstance(start, keras_tuner.engine.hyperparameters.Int)
     assert (start.min_value, start.max_value, start.step) == (16, 128, 16)
@@ -48,6 +48,9 @@ def test_default_space_is_the_articles_hyperparameters():
     activation = space["activation"]
     assert isinstance(activation, keras_tuner.engine.hyperparameters.Choice)
     assert activation.values == ["mish", "elu", "lrelu"] and activation.ordered is False
+    power = space["pos_weight_power"]
+    assert isinstance(power, keras_tuner.engine.hyperparameters.Choice)
+    assert power.values == [0.0, 0.5, 1.0] and power.ordered is True
 
 
 def test_default_batch_norm_momentum_is_0_9_and_two_momenta_are_searched():
@@ -139,10 +142,30 @@ def test_compiled_model_logs_f1_precision_recall_iou_for_validation():
 
 @pytest.mark.parametrize("fractions,expected", [(None, [1.0, 1.0, 1.0]), ([0.5, 0.1, 0.0], [1.0, 9.0, 100.0])])
 def test_loss_pos_weights_come_from_class_fractions(fractions, expected):
-    model = default_space_builder(_config(), class_fractions=fractions)(keras_tuner.HyperParameters())
+    model = default_space_builder(_config(pos_weight_power=[1.0]), class_fractions=fractions)(
+        keras_tuner.HyperParameters())
 
     assert isinstance(model.loss, WeightedBinaryCrossentropy)
     assert model.loss.pos_weights == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("power, expected", [(0.0, [1.0, 1.0, 1.0]), (0.5, [1.0, 3.0, 10.0]), (1.0, [1.0, 9.0, 100.0])])
+def test_the_sampled_power_sets_the_class_weights(power, expected):
+    hp = keras_tuner.HyperParameters()
+    hp.values["pos_weight_power"] = power
+    model = default_space_builder(_config(), class_fractions=[0.5, 0.1, 0.0])(hp)
+
+    assert model.loss.pos_weights == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("space", [{"pos_weight_power": [0.5]}, {"loss": ["bce_dice"]}])
+def test_the_class_weights_power_is_not_searched_when_fixed_or_without_weighted_bce(space):
+    hp = keras_tuner.HyperParameters()
+    model = default_space_builder(_config(**space), class_fractions=[0.5, 0.1, 0.0])(hp)
+
+    assert "pos_weight_power" not in {p.name for p in hp.space}
+    if "pos_weight_power" in space:
+        assert model.loss.pos_weights == pytest.approx([1.0, 3.0, 10.0])
 
 
 def test_class_fractions_must_match_the_classes():
