@@ -280,7 +280,9 @@ def report(results: list[dict], args) -> str:
 
 def _margins(results: list[dict], tuner: str, ours: str, theirs: str) -> str:
     """Per-seed margins of a search's `ours` over the hand-picked `theirs`, their median, seeds won."""
-    margins = [(r["searches"][tuner].get(ours) or 0.0) - r["handpicked"][theirs] for r in results]
+    if any(r["searches"][tuner].get(ours) is None for r in results):
+        return "-"  # a search without results, or a JSON from before the value was kept
+    margins = [r["searches"][tuner][ours] - r["handpicked"][theirs] for r in results]
     return (" ".join(f"{m:+.3f}" for m in margins)
             + f"; median {statistics.median(margins):+.3f}, {sum(m > 0 for m in margins)} of {len(margins)} won")
 
