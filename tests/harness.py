@@ -30,7 +30,7 @@ TINY = {
     "max_consecutive_failed_trials": 3,
     "data": {"image_size": 32, "classes": ["table_number", "stamp", "signature"]},
     "space": {"start_neurons": {"min": 8, "max": 16, "step": 8}, "net_depth": {"min": 2, "max": 2},
-              "activation": ["relu", "elu"], "dropout": False, "bn_after_act": False},
+              "activation": ["relu", "elu"], "dropout": False, "bn_after_act": False, "pos_weight_power": [1.0]},
 }
 
 

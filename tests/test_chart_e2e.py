@@ -54,7 +54,8 @@ VALUES: dict[str, Any] = {
         "data": {"image_size": 32, "classes": ["table_number", "stamp", "signature"]},
         "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
                   # Two activations: a one-point space ends a random search after one trial.
-                  "activation": ["relu", "elu"], "dropout": False, "bn_after_act": False},
+                  "activation": ["relu", "elu"], "dropout": False, "bn_after_act": False,
+                  "pos_weight_power": [1.0]},
     },
     "workers": {"replicas": 2},
 }

@@ -67,7 +67,8 @@ CONFIG = {
     "lease_seconds": LEASE_SECONDS,
     "data": {"image_size": 32, "synthetic": True},
     "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
-              "activation": ["relu", "elu", "lrelu"], "dropout": False, "bn_after_act": False},
+              "activation": ["relu", "elu", "lrelu"], "dropout": False, "bn_after_act": False,
+              "pos_weight_power": [1.0]},
 }
 
 

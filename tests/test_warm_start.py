@@ -21,7 +21,7 @@ from kt_cluster.worker.tuner import WorkerTuner
 
 HP = {"start_neurons": 8, "net_depth": 2, "activation": "relu", "dropout": True, "bn_after_act": False}
 SPACE = {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
-         "activation": ["relu"], "dropout": True, "bn_after_act": False}
+         "activation": ["relu"], "dropout": True, "bn_after_act": False, "pos_weight_power": [1.0]}
 
 
 @pytest.fixture(scope="module")
