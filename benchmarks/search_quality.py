@@ -304,6 +304,8 @@ def plot(results: list[dict], args, path: Path) -> None:
         h = r["handpicked"]
         ax.axhline(h["best_epoch"], color="black", linestyle="--", linewidth=1, label="hand-picked (best epoch)")
         ax.axhline(h["best_epoch"] + 0.10, color="black", linestyle=":", linewidth=1, label="hand-picked + 0.10")
+        ax.axhline(h["window"], color="grey", linestyle="-.", linewidth=1,
+                   label=f"hand-picked (best {args.score_window}-epoch mean)")
         ax.axvline(h["cpu"], color="grey", linewidth=0.8)
         ax.set_xlim(0, r["budget"])
         ax.set_title(f"seed {r['seed']}: budget {r['budget']:.0f} CPU s")
