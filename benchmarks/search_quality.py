@@ -8,7 +8,8 @@ installed) and matplotlib. From the repository root, in the project's virtualenv
     nice -n 5 python benchmarks/search_quality.py --data /tmp/real-pages --seeds 0,1,2 --json sq.json
 
 Per seed, first the hand-picked configuration (start_neurons 16, net_depth 4, elu, batch norm
-before the activation, no dropout, Adam 1e-3, the weighted BCE, 25 epochs, 128 px) is trained
+before the activation, no dropout, Adam at a constant 1e-3, the weighted BCE with the article's
+inverse-frequency class weights, 25 epochs, 128 px) is trained
 once through the project: a chief and one worker (`ktc chief`, `ktc worker`, as `ktc local`
 starts them). Its CPU seconds (user + system of the chief and the worker, from their rusage)
 set the budget: every search then gets `--budget-factor` (3) times that, counted the same way
@@ -35,8 +36,9 @@ A search's result is the score of its best trial (the chief's: the best mean of 
 consecutive epochs), and beside it the best single epoch of any of its trials; the hand-picked
 training's are the same two. Margins are given rule for rule (window against window, epoch
 against epoch) and across them: the search's window score against the hand-picked single best
-epoch, the hardest bar. `--handpicked-momentum` trains the hand-picked configuration with another
-batch normalisation momentum than the article's U-Net (Keras' 0.99). Prints a table per seed and
+epoch, the hardest bar. `--handpicked-momentum`, `--handpicked-power` and `--handpicked-schedule`
+train the hand-picked configuration with another batch normalisation momentum than the article's
+U-Net (Keras' 0.99), other class weights or the project's cosine schedule. Prints a table per seed and
 a summary, writes the JSON and plots best score against CPU seconds per tuner and seed.
 """
 
@@ -80,11 +82,11 @@ def base_config(args, seed: int, results: Path) -> dict:
 def handpicked_config(args, seed: int, results: Path) -> dict:
     return base_config(args, seed, results) | {
         "search_id": "handpicked", "tuner": "random", "max_trials": 1, "epochs": args.epochs,
-        "early_stopping": False, "learning_rate": 1e-3, "score_window": 1,
+        "early_stopping": False, "learning_rate": 1e-3, "lr_schedule": args.handpicked_schedule, "score_window": 1,
         "space": {"start_neurons": {"min": 16, "max": 16, "step": 16}, "net_depth": {"min": 4, "max": 4},
                   "dropout": False, "bn_after_act": False, "activation": ["elu"],
                   "bn_momentum": [args.handpicked_momentum],
-                  "loss": ["weighted_bce"], "pos_weight_power": [1.0]}}
+                  "loss": ["weighted_bce"], "pos_weight_power": [args.handpicked_power]}}
 
 
 def search_config(tuner: str, args, seed: int, results: Path) -> dict:
@@ -338,6 +340,10 @@ def main() -> int:
     p.add_argument("--score-window", type=int, default=3, help="as the config's default score_window")
     p.add_argument("--handpicked-momentum", type=float, default=0.99,
                    help="batch normalisation momentum of the hand-picked training (0.99: the article's U-Net)")
+    p.add_argument("--handpicked-power", type=float, default=1.0,
+                   help="the power of its class weights (1: the article's inverse-frequency weights)")
+    p.add_argument("--handpicked-schedule", choices=("constant", "cosine"), default="constant",
+                   help="its learning-rate schedule (constant: the article's Adam at 1e-3)")
     p.add_argument("--workdir", type=Path, default=None, help="default: a fresh directory under /tmp")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "search-quality.png")
     p.add_argument("--json", type=Path, help="also write every result here")

@@ -64,6 +64,7 @@ def of(config: SearchConfig, space: list[dict[str, Any]]) -> dict[str, Any]:
     meaning: dict[str, Any] = {
         "tuner": config.tuner, "objective": config.objective, "direction": config.direction,
         "hypermodel": config.hypermodel, "score_window": config.score_window, "batch_size": config.batch_size,
+        "lr_schedule": config.lr_schedule,
         "data.image_size": config.data.image_size, "data.channels": config.data.channels,
         "data.classes": list(config.data.classes),
     }

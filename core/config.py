@@ -24,6 +24,7 @@ Tuner = Literal["hyperband", "bayesian", "random", "asha"]
 Activation = Literal["mish", "elu", "lrelu", "relu"]
 Loss = Literal["weighted_bce", "bce_dice"]
 Sampler = Literal["model", "random"]
+LrSchedule = Literal["cosine", "constant"]
 TUNERS: tuple[str, ...] = get_args(Tuner)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 LOSSES: tuple[str, ...] = get_args(Loss)
@@ -151,11 +152,11 @@ class SpaceConfig(_Model):
                     "cross-entropy plus soft Dice).")
     pos_weight_power: Annotated[list[Annotated[float, BeforeValidator(_number_text), Field(ge=0, le=1)]],
                                 AfterValidator(_no_repeats("power"))] = Field(
-        default_factory=lambda: [0.0, 0.5, 1.0], min_length=1, json_schema_extra={"uniqueItems": True},
+        default_factory=lambda: [0.0, 0.5], min_length=1, json_schema_extra={"uniqueItems": True},
         description="Powers of weighted_bce's positive-pixel weights searched, an ordered choice (one: fixed): "
                     "each class's weight is ((1 - p) / p) ** power for its share p of the training pixels, capped "
-                    "at 100; 1 is the article's inverse-frequency weighting, 0 plain binary cross-entropy. "
-                    "Strong weights trade precision for recall.")
+                    "at 100; 0 is plain binary cross-entropy, 1 the article's inverse-frequency weighting (add it "
+                    "to search it). Strong weights trade precision for recall, which costs F1.")
     learning_rate: FloatRange | None = Field(None, description="Adam's learning rate searched log-uniformly from "
                                                                "min to max; null: fixed at the search's "
                                                                "learning_rate.")
@@ -219,6 +220,13 @@ class SearchConfig(_Model):
     batch_size: int = Field(8, ge=1, description="Training batch size.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate (unless space.learning_rate "
                                                          "searches it).")
+    lr_schedule: LrSchedule = Field("cosine", description="cosine: the learning rate decays along half a cosine, "
+                                                          "per epoch, to 5% of itself at the longest training a "
+                                                          "trial can reach (max_epochs under asha and hyperband, "
+                                                          "epochs otherwise), promoted and resumed trials "
+                                                          "continuing their configuration's curve; constant: "
+                                                          "Adam at learning_rate throughout. Leaves alone a "
+                                                          "hypermodel of yours that compiles its own schedule.")
     score_window: int = Field(3, ge=1, description="A trial's score: the best mean of this many consecutive "
                                                    "epochs of the objective (a trial with fewer: the mean of all), "
                                                    "for ranking, promotions and the best checkpoint alike; 1: the "
@@ -252,6 +260,11 @@ class SearchConfig(_Model):
         if self.tuner == "asha" and self.min_epochs is not None and self.min_epochs > self.max_epochs:
             raise FieldRule("min_epochs", f"must be <= max_epochs ({self.max_epochs}), got {self.min_epochs}")
         return self
+
+    @property
+    def horizon(self) -> int:
+        """The most epochs any trial's configuration can train for."""
+        return self.max_epochs if self.tuner in ("hyperband", "asha") else self.epochs
 
     @property
     def early_stopping_on(self) -> bool:

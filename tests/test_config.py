@@ -70,7 +70,14 @@ def test_search_additions_default_to_asha_and_the_articles_space_with_a_spike_ro
     assert config.sampler == "model"  # asha's
     assert config.space.loss == ["weighted_bce"] and config.space.learning_rate is None
     assert config.space.bn_momentum == [0.9]
-    assert config.space.pos_weight_power == [0.0, 0.5, 1.0]
+    assert config.space.pos_weight_power == [0.0, 0.5]
+    assert config.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("raw, horizon", [({}, 20), ({"tuner": "hyperband", "max_epochs": 27}, 27),
+                                          ({"tuner": "random", "epochs": 25}, 25), ({"tuner": "bayesian"}, 2)])
+def test_the_schedules_horizon_is_the_longest_training_a_trial_can_reach(raw, horizon):
+    assert load(None, overrides=raw, env={}).horizon == horizon
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -89,6 +96,7 @@ def test_search_additions_default_to_asha_and_the_articles_space_with_a_spike_ro
     ({"space": {"learning_rate": {"min": 0.01, "max": 0.001}}}, "space.learning_rate.max"),
     ({"space": {"learning_rate": {"min": 0, "max": 0.001}}}, "space.learning_rate.min"),
     ({"space": {"learning_rate": {"min": 1e-4, "max": 1e-2, "step": 1}}}, "space.learning_rate.step"),
+    ({"lr_schedule": "step"}, "lr_schedule"),
 ])
 def test_search_additions_are_validated_naming_the_field(raw, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):

@@ -50,7 +50,7 @@ def test_default_space_is_the_articles_hyperparameters_and_the_class_weights_pow
     assert activation.values == ["mish", "elu", "lrelu"] and activation.ordered is False
     power = space["pos_weight_power"]
     assert isinstance(power, keras_tuner.engine.hyperparameters.Choice)
-    assert power.values == [0.0, 0.5, 1.0] and power.ordered is True
+    assert power.values == [0.0, 0.5] and power.ordered is True
 
 
 def test_default_batch_norm_momentum_is_0_9_and_two_momenta_are_searched():

@@ -36,6 +36,7 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
     try:
         tuner = build_tuner(config, class_fractions=_class_fractions(config), tuner_class=WorkerTuner,
                             seed=search_seed(config), score_window=config.score_window,
+                            cosine_horizon=config.horizon if config.lr_schedule == "cosine" else None,
                             distribution_strategy=strategy)
         client = ChiefClient(tuner.oracle, address, tuner_id, token)
         tuner.oracle = client

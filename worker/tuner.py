@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 from keras_tuner import errors as kt_errors
 
-from kt_cluster.core import compat
+from kt_cluster.core import compat, schedules
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.tuner import SearchTuner
 from kt_cluster.worker import checkpoints
@@ -44,10 +44,11 @@ def trial_seed(seed: int, trial_id: str) -> int:
 class WorkerTuner(compat.TunerSeam, SearchTuner):
     """Trains one trial at a time for `kt_cluster.worker.runner.Worker`."""
 
-    def __init__(self, *args, seed: int = 0, score_window: int = 1, **kwargs):
+    def __init__(self, *args, seed: int = 0, score_window: int = 1, cosine_horizon: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
         self.score_window = score_window  # the chief's rule for a trial's score, which the best checkpoint follows
+        self.cosine_horizon = cosine_horizon  # None: the rate the model was compiled with, throughout
 
     def build_model(self, hp, seed: int) -> keras.Model:
         """The trial's compiled model, on a fresh Keras session, under the distribution strategy
@@ -73,6 +74,7 @@ class WorkerTuner(compat.TunerSeam, SearchTuner):
         trial_dir = self.trial_dir(trial.trial_id)
         resumed = checkpoints.load(trial_dir)
         model = self.build_model(hp, trial_seed(self.seed, trial.trial_id))
+        schedule = self._schedule(model)  # before a checkpoint replaces the compiled rate with its last one
         parent = hp.values.get("tuner/trial_id")
         if resumed is not None:
             checkpoints.restore(model, trial_dir)
@@ -88,9 +90,14 @@ class WorkerTuner(compat.TunerSeam, SearchTuner):
                 inputs = data.fit_inputs(self.seed, initial_epoch)
                 self.hypermodel.fit(hp, model, inputs.train, validation_data=inputs.val, epochs=epochs,
                                     initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
-                                    validation_steps=inputs.val_steps, callbacks=[*callbacks, progress],
+                                    validation_steps=inputs.val_steps, callbacks=[*schedule, *callbacks, progress],
                                     shuffle=False, **fit_kwargs)  # the order is the stream's
             complete = True
         finally:
             progress.finish(model, complete)
         return progress.history
+
+    def _schedule(self, model: keras.Model) -> list[keras.callbacks.Callback]:
+        """The learning-rate schedule's callback, if one is configured and the model's rate is constant."""
+        base = schedules.compiled_rate(model) if self.cosine_horizon else None
+        return [] if base is None else [schedules.EpochCosine(base, self.cosine_horizon)]
