@@ -42,6 +42,10 @@ SETTINGS = ("lease_seconds", "stock_lease_seconds", "early_stopping", "max_retri
             "data.steps_per_epoch", "data.validation_steps", "data.parallel_calls", "data.cache_mb")
 
 
+# What a stored search that lacks a field of its meaning did: fields added by a later release.
+IMPLIED_BEFORE = {"lr_schedule": "constant"}
+
+
 class IncompatibleChange(Exception):
     """The configured search is not the stored one: the chief refuses to start, changing nothing."""
 
@@ -105,7 +109,8 @@ def check_meaning(stored: dict[str, Any] | None, configured: dict[str, Any], sea
     budget that the config changes. Checked before the stored state is restored: an oracle of
     another tuner cannot even take the stored one's state."""
     for name, new in configured["meaning"].items():
-        old = (stored or configured)["meaning"].get(name, new)  # a field a later release added: no change
+        # A field a later release added: what searches stored before it did, else no change.
+        old = (stored or configured)["meaning"].get(name, IMPLIED_BEFORE.get(name, new))
         if old != new:
             raise IncompatibleChange(search_id, name, old, new)
 

@@ -216,6 +216,34 @@ def test_adding_a_hyperparameter_is_refused_and_adding_a_choice_is_accepted(tmp_
     oracle.journal.close()
 
 
+def test_a_search_stored_before_the_lr_schedule_existed_goes_on_only_at_a_constant_rate(tmp_path):
+    """Its trials trained at a constant rate: a start under the cosine default is refused, one
+    that pins `lr_schedule: constant` goes on."""
+    from kt_cluster.chief.definition import IncompatibleChange
+
+    oracle, _ = open_chief(chief_config(tmp_path, max_trials=2, lr_schedule="constant"))
+    run_trials(oracle, 3)
+    oracle.journal.close()
+    state = tmp_path / "results" / "ktc-search" / "ktc-state"
+    for path in state.glob("journal-*.jsonl"):
+        lines = []
+        for line in path.read_text().splitlines(keepends=True):
+            if line.startswith('{"definition"'):
+                record = json.loads(line)
+                del record["definition"]["meaning"]["lr_schedule"]
+                line = json.dumps(record) + "\n"
+            lines.append(line)
+        path.write_text("".join(lines))
+    before = tree_digest(state)
+    with pytest.raises(IncompatibleChange, match="lr_schedule is cosine in the config but constant in the stored "
+                                                 "search; nothing was changed: set lr_schedule back to constant"):
+        open_chief(chief_config(tmp_path, max_trials=3))
+    assert tree_digest(state) == before
+    oracle, reopened = open_chief(chief_config(tmp_path, max_trials=3, lr_schedule="constant"))
+    assert reopened
+    oracle.journal.close()
+
+
 def test_a_state_without_a_stored_definition_takes_the_first_start_as_its_definition(tmp_path, capsys):
     """A journal written before definitions were stored: the start says so, compares the space all
     the same, and journals the definition it accepted."""

@@ -12,6 +12,7 @@ import pytest
 from keras_tuner.src.engine import trial as trial_module
 
 from harness import TINY, make_dataset, merge
+from kt_cluster.core import schedules
 from kt_cluster.core.config import from_dict
 from kt_cluster.core.tuner import build_tuner
 from kt_cluster.worker import checkpoints
@@ -29,10 +30,11 @@ def data_dir(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("warm") / "data", count=16, size=32)
 
 
-def _tuner(tmp_path, data_dir, name: str) -> tuple[WorkerTuner, TrainingData]:
+def _tuner(tmp_path, data_dir, name: str, cosine_horizon: int | None = None) -> tuple[WorkerTuner, TrainingData]:
     config = from_dict(merge(TINY, {"seed": 7, "data": {"path": str(data_dir)}, "results": str(tmp_path / name),
                                     "space": SPACE}))
-    tuner = build_tuner(config, class_fractions=[0.1, 0.1, 0.1], tuner_class=WorkerTuner, seed=7)
+    tuner = build_tuner(config, class_fractions=[0.1, 0.1, 0.1], tuner_class=WorkerTuner, seed=7,
+                        cosine_horizon=cosine_horizon)
     return tuner, TrainingData(config)
 
 
@@ -62,6 +64,9 @@ class StateAtStart(keras.callbacks.Callback):
         self.state = checkpoints.snapshot(self.model)
         self.iterations = int(self.model.optimizer.iterations.numpy())
 
+    def on_train_end(self, logs=None):
+        self.last_rate = float(self.model.optimizer.learning_rate.numpy())
+
 
 def _final_state(tuner: WorkerTuner, trial_id: str) -> list[np.ndarray]:
     return checkpoints.read_state(tuner.trial_dir(trial_id) / checkpoints.STATE)
@@ -73,28 +78,32 @@ def _assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_a_trial_interrupted_and_resumed_ends_as_one_run_straight_through(tmp_path, data_dir):
-    straight, data = _tuner(tmp_path, data_dir, "straight")
+@pytest.mark.parametrize("horizon", [None, 6], ids=["constant rate", "cosine schedule"])
+def test_a_trial_interrupted_and_resumed_ends_as_one_run_straight_through(tmp_path, data_dir, horizon):
+    straight, data = _tuner(tmp_path, data_dir, "straight", horizon)
     history = straight.run_trial(_trial("0"), data, epochs=4, verbose=0)
 
-    paused, data = _tuner(tmp_path, data_dir, "paused")
+    paused, data = _tuner(tmp_path, data_dir, "paused", horizon)
     with pytest.raises(TrialInterrupted):
         paused.run_trial(_trial("0"), data, epochs=4, verbose=0, callbacks=[StopAt(epoch=2)])
     assert checkpoints.load(paused.trial_dir("0")).epoch == 1
-    resumed, data = _tuner(tmp_path, data_dir, "paused")  # another worker: a fresh tuner and data
+    resumed, data = _tuner(tmp_path, data_dir, "paused", horizon)  # another worker: a fresh tuner and data
     start = StateAtStart()
     resumed_history = resumed.run_trial(_trial("0"), data, epochs=4, verbose=0, callbacks=[start])
 
     assert start.iterations == 2 * data.fit_inputs(7).steps  # Adam's step count came back too
     _assert_same(_final_state(straight, "0"), _final_state(resumed, "0"))  # weights, BN, Adam, dropout RNG
     np.testing.assert_allclose(history["loss"], resumed_history["loss"], rtol=1e-5)
+    rate = TINY.get("learning_rate", 1e-3)  # the last epoch's rate, which the schedule sets from the compiled one
+    assert start.last_rate == pytest.approx(schedules.cosine(rate, 3, horizon) if horizon else rate)
 
 
-def test_a_promoted_trial_continues_its_parent_with_the_parents_optimizer_state(tmp_path, data_dir, caplog):
-    straight, data = _tuner(tmp_path, data_dir, "straight")
+@pytest.mark.parametrize("horizon", [None, 3], ids=["constant rate", "cosine schedule"])
+def test_a_promoted_trial_continues_its_parent_with_the_parents_optimizer_state(tmp_path, data_dir, caplog, horizon):
+    straight, data = _tuner(tmp_path, data_dir, "straight", horizon)
     straight.run_trial(_trial("0", dropout=False), data, epochs=3, verbose=0)
 
-    tuner, data = _tuner(tmp_path, data_dir, "promoted")
+    tuner, data = _tuner(tmp_path, data_dir, "promoted", horizon)
     tuner.run_trial(_trial("0", dropout=False), data, epochs=1, verbose=0)  # rung 0: one epoch
     parent_state = _final_state(tuner, "0")
     start = StateAtStart()
