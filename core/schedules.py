@@ -50,7 +50,9 @@ def compiled_rate(model: keras.Model) -> float | None:
     """The model's optimizer's constant learning rate; None when it has no optimizer or a
     `LearningRateSchedule` of its own, which a search schedule must not override."""
     optimizer = model.optimizer
-    if optimizer is None or isinstance(getattr(optimizer, "_learning_rate", None),
-                                       keras.optimizers.schedules.LearningRateSchedule):
+    if optimizer is None:
+        return None
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps the optimizer
+    if isinstance(getattr(inner, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule):
         return None
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -55,6 +55,10 @@ def test_a_training_in_pieces_follows_the_same_curve_as_one_piece():
 def test_a_hypermodels_own_schedule_is_left_alone():
     own = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)
     assert schedules.compiled_rate(tiny_model(keras.optimizers.Adam(own))) is None
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(own))  # mixed precision's
+    assert schedules.compiled_rate(tiny_model(wrapped)) is None
+    assert schedules.compiled_rate(tiny_model(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(2e-3)))) \
+        == pytest.approx(2e-3)
     assert schedules.compiled_rate(tiny_model(keras.optimizers.Adam(3e-3))) == pytest.approx(3e-3)
 
 
