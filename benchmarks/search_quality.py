@@ -9,9 +9,8 @@ installed) and matplotlib. From the repository root, in the project's virtualenv
 
 Per seed, first the hand-picked configuration (start_neurons 16, net_depth 4, elu, batch norm
 before the activation, no dropout, Adam at a constant 1e-3, the weighted BCE with the article's
-inverse-frequency class weights, 25 epochs, 128 px) is trained
-once through the project: a chief and one worker (`ktc chief`, `ktc worker`, as `ktc local`
-starts them). Its CPU seconds (user + system of the chief and the worker, from their rusage)
+inverse-frequency class weights, 25 epochs, 128 px) is trained once through the project: a
+chief and one worker (`ktc chief`, `ktc worker`, as `ktc local` starts them). Its CPU seconds (user + system of the chief and the worker, from their rusage)
 set the budget: every search then gets `--budget-factor` (3) times that, counted the same way
 over its chief and `--workers` (2) workers. Each TensorFlow process gets one thread, so CPU
 seconds measure work, not the spinning of threads that wait for a core. When a search has spent

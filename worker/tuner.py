@@ -9,7 +9,9 @@ trial id), and its training examples come in the order of `kt_cluster.worker.dat
 search seed. A resumed trial restores weights, optimizer state and random generator states and
 starts its data stream at its next epoch, so it trains as if it had never stopped; a promoted
 trial starts from its parent's best epoch (the end of its best window of `score_window`
-epochs, as the chief scores it), optimizer state included.
+epochs, as the chief scores it), optimizer state included. Under `lr_schedule: cosine` every
+piece sets its learning rate from the epoch it is at in its configuration's training
+(`kt_cluster.core.schedules`), so the pieces make one schedule.
 """
 
 from __future__ import annotations
