@@ -37,7 +37,9 @@ training's are the same two. Margins are given rule for rule (window against win
 against epoch) and across them: the search's window score against the hand-picked single best
 epoch, the hardest bar. `--handpicked-momentum`, `--handpicked-power` and `--handpicked-schedule`
 train the hand-picked configuration with another batch normalisation momentum than the article's
-U-Net (Keras' 0.99), other class weights or the project's cosine schedule. Prints a table per seed and
+U-Net (Keras' 0.99), other class weights or the project's cosine schedule; `--handpicked-set
+KEY=VALUE` sets any other field of its config (`--epochs 75`, `--handpicked-set batch_size=4`:
+what one training could do with a search's whole budget). Prints a table per seed and
 a summary, writes the JSON and plots best score against CPU seconds per tuner and seed.
 """
 
@@ -86,6 +88,20 @@ def handpicked_config(args, seed: int, results: Path) -> dict:
                   "dropout": False, "bn_after_act": False, "activation": ["elu"],
                   "bn_momentum": [args.handpicked_momentum],
                   "loss": ["weighted_bce"], "pos_weight_power": [args.handpicked_power]}}
+
+
+def with_overrides(config: dict, overrides: list[str]) -> dict:
+    """`config` with each `dotted.key=YAML value` set (`batch_size=4`, `space.start_neurons.min=32`)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"search_quality: --handpicked-set {item!r}: expected KEY=VALUE")
+        *parents, last = key.split(".")
+        node = config
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = yaml.safe_load(text)
+    return config
 
 
 def search_config(tuner: str, args, seed: int, results: Path) -> dict:
@@ -227,7 +243,8 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
         hand = json.loads(reused.read_text())
         print(f"seed {seed}: hand-picked result of an earlier run on this machine: {reused}", flush=True)
     else:
-        hand = run(handpicked_config(args, seed, where / "handpicked" / "results"), 1, where / "handpicked", None)
+        config = with_overrides(handpicked_config(args, seed, where / "handpicked" / "results"), args.handpicked_set)
+        hand = run(config, 1, where / "handpicked", None)
         (where / "handpicked" / "result.json").write_text(json.dumps(hand))
     if not hand["trials"]:
         raise SystemExit(f"seed {seed}: the hand-picked training did not complete; see {where / 'handpicked'}")
@@ -343,6 +360,9 @@ def main() -> int:
                    help="the power of its class weights (1: the article's inverse-frequency weights)")
     p.add_argument("--handpicked-schedule", choices=("constant", "cosine"), default="constant",
                    help="its learning-rate schedule (constant: the article's Adam at 1e-3)")
+    p.add_argument("--handpicked-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field of the hand-picked training, dotted, the value in YAML "
+                        "(batch_size=4, space.start_neurons.min=32); repeatable")
     p.add_argument("--workdir", type=Path, default=None, help="default: a fresh directory under /tmp")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "search-quality.png")
     p.add_argument("--json", type=Path, help="also write every result here")
