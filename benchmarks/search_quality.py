@@ -92,15 +92,16 @@ def handpicked_config(args, seed: int, results: Path) -> dict:
 
 def with_overrides(config: dict, overrides: list[str]) -> dict:
     """`config` with each `dotted.key=YAML value` set (`batch_size=4`, `space.start_neurons.min=32`)."""
+    from kt_cluster.core.config import ConfigError, set_dotted
+
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"search_quality: --handpicked-set {item!r}: expected KEY=VALUE")
-        *parents, last = key.split(".")
-        node = config
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[last] = yaml.safe_load(text)
+        try:
+            set_dotted(config, key, yaml.safe_load(text), source=f"--handpicked-set {item}")
+        except ConfigError as exc:
+            raise SystemExit(f"search_quality: {exc}") from None
     return config
 
 

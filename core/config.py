@@ -360,12 +360,12 @@ def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = 
     sources: dict[str, str] = {}
     for name, text in read_environment(env).items():
         variable = ENV_PREFIX + name.upper()
-        _set_dotted(raw, OVERRIDES[name], yaml.safe_load(text), source=variable)
+        set_dotted(raw, OVERRIDES[name], yaml.safe_load(text), source=variable)
         sources[OVERRIDES[name]] = variable
     for name, value in (overrides or {}).items():
         if value is not None:
             dotted = OVERRIDES.get(name, name)
-            _set_dotted(raw, dotted, value, source=f"--{name.replace('_', '-')}")
+            set_dotted(raw, dotted, value, source=f"--{name.replace('_', '-')}")
             sources[dotted] = f"--{name.replace('_', '-')}"
     return from_dict(raw, sources)
 
@@ -388,7 +388,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set `raw`'s field at a dotted path (`space.net_depth.min`), making the mappings above it;
+    `source` names what asked for it in the error when a field on the way is not a mapping."""
     *parents, leaf = dotted.split(".")
     node = raw
     for part in parents:
