@@ -43,7 +43,7 @@ SETTINGS = ("lease_seconds", "stock_lease_seconds", "early_stopping", "max_retri
 
 
 # What a stored search that lacks a field of its meaning did: fields added by a later release.
-IMPLIED_BEFORE = {"lr_schedule": "constant"}
+IMPLIED_BEFORE = {"lr_schedule": "constant", "data.augment": {"scale": 0.0, "shift": 0.0}}
 
 
 class IncompatibleChange(Exception):
@@ -70,7 +70,7 @@ def of(config: SearchConfig, space: list[dict[str, Any]]) -> dict[str, Any]:
         "hypermodel": config.hypermodel, "score_window": config.score_window, "batch_size": config.batch_size,
         "lr_schedule": config.lr_schedule,
         "data.image_size": config.data.image_size, "data.channels": config.data.channels,
-        "data.classes": list(config.data.classes),
+        "data.classes": list(config.data.classes), "data.augment": config.data.augment.model_dump(),
     }
     if config.tuner in ("bayesian", "random"):
         meaning["epochs"] = config.epochs

@@ -162,6 +162,24 @@ class SpaceConfig(_Model):
                                                                "learning_rate.")
 
 
+class AugmentConfig(_Model):
+    """Light geometric augmentation of training pages: each page zoomed and shifted a little."""
+
+    scale: Annotated[float, BeforeValidator(_number_text)] = Field(
+        0.0, ge=0, lt=0.5, description="Each training example is seen through a square window whose side is drawn "
+                                       "uniformly from 1 - scale to 1 + scale of the image's (a zoom in or out), its "
+                                       "masks through the same window; 0: never zoomed. Validation is never "
+                                       "augmented.")
+    shift: Annotated[float, BeforeValidator(_number_text)] = Field(
+        0.0, ge=0, lt=0.5, description="The window's centre moves by up to this fraction of the image's side along "
+                                       "each axis, drawn uniformly; 0: never shifted. Pixels the window takes from "
+                                       "beyond an edge repeat that edge.")
+
+    @property
+    def on(self) -> bool:
+        return self.scale > 0 or self.shift > 0
+
+
 class DataConfig(_Model):
     """Where the dataset is and how the workers read it."""
 
@@ -184,6 +202,8 @@ class DataConfig(_Model):
         512, ge=0, description="Decoded examples (float32, after resizing) kept in each worker process's memory "
                                "from its first pass on, in MiB: the validation split if it fits, then the train split if "
                                "it fits too; 0 always streams from disk.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="Augmentation of the training examples (off by default).")
 
 
 class SearchConfig(_Model):

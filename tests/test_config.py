@@ -97,6 +97,9 @@ def test_the_schedules_horizon_is_the_longest_training_a_trial_can_reach(raw, ho
     ({"space": {"learning_rate": {"min": 0, "max": 0.001}}}, "space.learning_rate.min"),
     ({"space": {"learning_rate": {"min": 1e-4, "max": 1e-2, "step": 1}}}, "space.learning_rate.step"),
     ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"data": {"augment": {"scale": 0.5}}}, "data.augment.scale"),
+    ({"data": {"augment": {"shift": -0.1}}}, "data.augment.shift"),
+    ({"data": {"augment": {"flip": True}}}, "data.augment.flip"),
 ])
 def test_search_additions_are_validated_naming_the_field(raw, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
@@ -107,6 +110,12 @@ def test_a_learning_rate_written_as_yaml_reads_it_is_a_number(tmp_path):
     path = write(tmp_path, "space:\n  learning_rate: {min: 1e-4, max: 1.0e-2}\n")  # 1e-4: a string to YAML 1.1
     rates = load(path, env={}).space.learning_rate
     assert (rates.min, rates.max) == (1e-4, 1e-2)
+
+
+def test_augmentation_is_off_unless_a_scale_or_shift_is_set(tmp_path):
+    assert not load(None, env={}).data.augment.on
+    augment = load(write(tmp_path, "data:\n  augment: {shift: 5e-2}\n"), env={}).data.augment
+    assert augment.on and (augment.scale, augment.shift) == (0.0, 0.05)
 
 
 def test_early_stopping_defaults_off_under_asha_and_hyperband_only():

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kt_cluster.core.config import DataConfig, SearchConfig
+from kt_cluster.core.config import AugmentConfig, DataConfig, SearchConfig
 from kt_cluster.core.dataset import DatasetError, list_examples
-from kt_cluster.worker.data import order
-from kt_cluster.worker.data.examples import DataError, cache_plan, decode_with_pillow, listing, positive_fractions
+from kt_cluster.worker.data import augment, order
+from kt_cluster.worker.data.examples import DataError, Decoded, cache_plan, decode_with_pillow, listing, positive_fractions
 from kt_cluster.worker.data.feed import TrainBatches, TrainingData, ValidationBatches
 from kt_cluster.worker.data.pipeline import bad_file_in, datasets, decode, explain_data_errors, find_bad_file, resident
 from kt_cluster.worker.data.synth import DEFAULT_CLASSES, generate
@@ -241,6 +241,13 @@ def test_each_pass_visits_every_example_once_in_a_seeded_order():
     assert order.positions(7, 10, 8, 5).tolist() == [*passes[0][8:], *passes[1][:3]]
 
 
+def test_augmentation_draws_are_a_function_of_the_stream_position():
+    draws = [order.jitter(7, 10, p) for p in range(2)]
+    assert draws[0].shape == (10, 3) and -1 <= draws[0].min() and draws[0].max() < 1
+    assert not np.array_equal(draws[0], draws[1]) and np.array_equal(order.jitter(7, 10, 1), draws[1])
+    assert np.array_equal(order.jitters(7, 10, 8, 5), np.concatenate([draws[0][8:], draws[1][:3]]))
+
+
 def test_splits_larger_than_cache_mb_stream_from_disk(root):
     inputs = TrainingData(_config(root, cache_mb=0)).fit_inputs(seed=1)
     _batches(inputs.val)
@@ -298,3 +305,62 @@ def test_cache_budget_takes_val_first_then_train_if_it_fits_too():
     assert cache_plan(config, 11, 2, len(CLASSES)) == (False, True)
     config.data.cache_mb = 0
     assert cache_plan(config, 1, 1, len(CLASSES)) == (False, False)
+
+
+# --- augmentation (data.augment) ------------------------------------------------------------------
+
+AUGMENT = {"scale": 0.2, "shift": 0.1}
+
+
+def test_a_whole_pixel_shift_moves_image_and_masks_together_and_repeats_the_edge():
+    images = np.arange(2 * 33 * 33, dtype=np.float32).reshape(2, 33, 33, 1) / (2 * 33 * 33)
+    masks = (images > 0.5).astype(np.float32)
+    # shift 0.25 * draw 0.5 = 1/8 of the side, 4 of its 32 pixel steps: the window moves 4 down and 4 left
+    draws = np.array([[0.0, 0.5, -0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
+    for apply in (augment.apply, lambda *a: [t.numpy() for t in augment.apply_tf(*map(tf.constant, a[:3]), a[3])]):
+        shifted, shifted_masks = apply(images, masks, draws, AugmentConfig(shift=0.25))
+        assert np.array_equal(shifted[0, :29, 4:], images[0, 4:, :29])
+        assert np.array_equal(shifted[0, 29:, 4:], np.repeat(images[0, 32:, :29], 4, axis=0))  # the last row, again
+        assert np.array_equal(shifted[0, :29, :4], np.repeat(images[0, 4:, :1], 4, axis=1))  # the first column
+        assert np.array_equal(shifted_masks[0], (shifted[0] > 0.5).astype(np.float32))
+        assert np.array_equal(shifted[1], images[1]) and np.array_equal(shifted_masks[1], masks[1])
+
+
+def test_a_zoomed_window_keeps_masks_binary_and_images_in_range(root):
+    config = _config(root, augment=AUGMENT)
+    plain = _batches(datasets(_config(root))[0], 3)
+    zoomed = _batches(datasets(config)[0], 3)
+    for (x, m), (zx, zm) in zip(plain, zoomed):
+        assert zx.shape == x.shape and zm.shape == m.shape and zx.dtype == x.dtype
+        assert set(np.unique(zm)) <= {0.0, 1.0} and 0.0 <= zx.min() and zx.max() <= 1.0
+        assert not np.array_equal(zx, x)  # each batch is seen through other windows
+        assert abs(zm.mean() - m.mean()) < 0.05  # the same pages, a little closer or further
+
+
+def test_augmentation_leaves_validation_alone(root):
+    plain, augmented = datasets(_config(root))[1], datasets(_config(root, augment=AUGMENT))[1]
+    for (x, m), (ax, am) in zip(_batches(plain), _batches(augmented)):
+        assert np.array_equal(x, ax) and np.array_equal(m, am)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_an_augmented_stream_resumed_at_a_later_batch_sees_the_same_windows(root, in_memory):
+    config = _config(root, augment=AUGMENT)
+    decoded = _decoded(config) if in_memory else None
+    whole = _batches(datasets(config, decoded=decoded)[0], 9)
+    resumed = _batches(datasets(config, start_batch=5, decoded=decoded)[0], 4)
+    for (a, ma), (b, mb) in zip(whole[5:], resumed):
+        assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_decoded_streamed_and_tensorflow_free_augmented_batches_are_the_same(root):
+    config = _config(root, augment=AUGMENT)
+    decoded = _decoded(config)
+    cached = _batches(datasets(config, decoded=decoded)[0], 6)
+    streamed = _batches(datasets(config)[0], 6)
+    arrays = Decoded(decoded["train"].images.numpy(), decoded["train"].masks.numpy())
+    without_tf = TrainBatches(arrays, seed=1, batch=4, start=0, augmentation=config.data.augment)
+    for i, ((a, ma), (b, mb)) in enumerate(zip(cached, streamed)):
+        assert np.array_equal(a, b) and np.array_equal(ma, mb)
+        c, mc = without_tf[i]
+        assert np.abs(a - c).max() < 1e-6 and np.array_equal(ma, mc)

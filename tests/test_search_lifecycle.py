@@ -224,16 +224,7 @@ def test_a_search_stored_before_the_lr_schedule_existed_goes_on_only_at_a_consta
     oracle, _ = open_chief(chief_config(tmp_path, max_trials=2, lr_schedule="constant"))
     run_trials(oracle, 3)
     oracle.journal.close()
-    state = tmp_path / "results" / "ktc-search" / "ktc-state"
-    for path in state.glob("journal-*.jsonl"):
-        lines = []
-        for line in path.read_text().splitlines(keepends=True):
-            if line.startswith('{"definition"'):
-                record = json.loads(line)
-                del record["definition"]["meaning"]["lr_schedule"]
-                line = json.dumps(record) + "\n"
-            lines.append(line)
-        path.write_text("".join(lines))
+    state = _forget_in_stored_definition(tmp_path, "lr_schedule")
     before = tree_digest(state)
     with pytest.raises(IncompatibleChange, match="lr_schedule is cosine in the config but constant in the stored "
                                                  "search; nothing was changed: set lr_schedule back to constant"):
@@ -242,6 +233,40 @@ def test_a_search_stored_before_the_lr_schedule_existed_goes_on_only_at_a_consta
     oracle, reopened = open_chief(chief_config(tmp_path, max_trials=3, lr_schedule="constant"))
     assert reopened
     oracle.journal.close()
+
+
+def test_a_search_stored_before_augmentation_existed_goes_on_only_without_it(tmp_path):
+    from kt_cluster.chief.definition import IncompatibleChange
+
+    oracle, _ = open_chief(chief_config(tmp_path, max_trials=2))
+    run_trials(oracle, 3)
+    oracle.journal.close()
+    state = _forget_in_stored_definition(tmp_path, "data.augment")
+    before = tree_digest(state)
+    augmented = chief_config(tmp_path, max_trials=3)
+    augmented.data.augment.shift = 0.1
+    with pytest.raises(IncompatibleChange, match=r"data.augment is \{'scale': 0.0, 'shift': 0.1\} in the config but "
+                                                 r"\{'scale': 0.0, 'shift': 0.0\} in the stored search"):
+        open_chief(augmented)
+    assert tree_digest(state) == before
+    oracle, reopened = open_chief(chief_config(tmp_path, max_trials=3))
+    assert reopened
+    oracle.journal.close()
+
+
+def _forget_in_stored_definition(tmp_path: Path, field: str) -> Path:
+    """Remove `field` from the journal's stored definition, as a release before it wrote it."""
+    state = tmp_path / "results" / "ktc-search" / "ktc-state"
+    for path in state.glob("journal-*.jsonl"):
+        lines = []
+        for line in path.read_text().splitlines(keepends=True):
+            if line.startswith('{"definition"'):
+                record = json.loads(line)
+                del record["definition"]["meaning"][field]
+                line = json.dumps(record) + "\n"
+            lines.append(line)
+        path.write_text("".join(lines))
+    return state
 
 
 def test_a_state_without_a_stored_definition_takes_the_first_start_as_its_definition(tmp_path, capsys):

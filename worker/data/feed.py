@@ -22,9 +22,9 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.config import AugmentConfig, SearchConfig
 from kt_cluster.worker.data import examples as examples_lib
-from kt_cluster.worker.data import order
+from kt_cluster.worker.data import augment, order
 from kt_cluster.worker.data.examples import DataError, Decoded, Listing
 
 log = logging.getLogger("ktc.worker")
@@ -65,7 +65,8 @@ class TrainingData:
 
             train, val, steps, val_steps = pipeline.datasets(self.config, start, seed, self._decoded, listing)
             return FitInputs(train, val, steps, val_steps)
-        return FitInputs(TrainBatches(self._decoded["train"], seed, self.config.batch_size, start),
+        return FitInputs(TrainBatches(self._decoded["train"], seed, self.config.batch_size, start,
+                                      self.config.data.augment),
                          ValidationBatches(self._decoded["val"], self.config.batch_size, listing.val_steps),
                          listing.steps, listing.val_steps)
 
@@ -106,19 +107,27 @@ class TrainingData:
 
 
 class TrainBatches(keras.utils.PyDataset):
-    """The endless train stream of `order` over decoded arrays, from batch `start` on."""
+    """The endless train stream of `order` over decoded arrays, from batch `start` on, augmented
+    as the tf.data pipeline augments it."""
 
-    def __init__(self, decoded: Decoded, seed: int, batch: int, start: int):
+    def __init__(self, decoded: Decoded, seed: int, batch: int, start: int,
+                 augmentation: AugmentConfig | None = None):
         super().__init__()
         self.decoded, self.seed, self.batch, self.start = decoded, seed, batch, start
+        self.augmentation = augmentation or AugmentConfig()
 
     @property
     def num_batches(self) -> None:
         return None  # endless: steps_per_epoch defines an epoch
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        picks = order.positions(self.seed, len(self.decoded), (self.start + index) * self.batch, self.batch)
-        return self.decoded.images[picks], self.decoded.masks[picks]
+        first = (self.start + index) * self.batch
+        picks = order.positions(self.seed, len(self.decoded), first, self.batch)
+        images, masks = self.decoded.images[picks], self.decoded.masks[picks]
+        if not self.augmentation.on:
+            return images, masks
+        return augment.apply(images, masks, order.jitters(self.seed, len(self.decoded), first, self.batch),
+                             self.augmentation)
 
 
 class ValidationBatches(keras.utils.PyDataset):

@@ -7,7 +7,8 @@ errors that name bad files.
                   validation_steps=val_steps)
 
 The train set follows `order`: an endless stream whose batch b is a pure function of (seed, b),
-so `start_batch` resumes it exactly. A split given in `decoded` (tensors that `resident` made
+so `start_batch` resumes it exactly; with `data.augment` each batch is then zoomed and shifted
+(`augment`) by draws that are a pure function of the same. A split given in `decoded` (tensors that `resident` made
 from `decode`'s arrays) is served from memory; any other split is streamed: building its
 dataset lists file names only (a missing mask or class directory is a `DatasetError` right
 away) and files are opened while iterating. A file that cannot be used then surfaces as a tf
@@ -32,7 +33,7 @@ import tensorflow as tf
 
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.dataset import SPLITS, Example, check_example, list_examples
-from kt_cluster.worker.data import order
+from kt_cluster.worker.data import augment, order
 from kt_cluster.worker.data.examples import DataError, Decoded, Listing, listing
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,16 +65,21 @@ def datasets(config: SearchConfig, start_batch: int = 0, seed: int | None = None
     seed = (config.seed or 0) if seed is None else seed
     parallel = config.data.parallel_calls or tf.data.AUTOTUNE
     load = _loader(config.data.image_size, config.data.channels, len(examples.classes))
-    indices = _stream(seed, len(examples.train), start_batch * batch)
+    augmentation = config.data.augment
+    # Each element: an example index, and with augmentation that position's `order.jitter` row.
+    stream = _stream(seed, len(examples.train), start_batch * batch, augmentation.on)
     if "train" in decoded:
         images, masks = decoded["train"].images, decoded["train"].masks
-        train = indices.batch(batch, drop_remainder=True).map(
-            lambda i: (tf.gather(images, i), tf.gather(masks, i)), num_parallel_calls=parallel)
+        train = stream.batch(batch, drop_remainder=True).map(
+            lambda i, *draws: (tf.gather(images, i), tf.gather(masks, i), *draws), num_parallel_calls=parallel)
     else:
         paths = _paths(examples.train)
         image_paths, mask_paths = (tf.constant(p) for p in paths)
-        train = indices.map(lambda i: (tf.gather(image_paths, i), tf.gather(mask_paths, i)))
-        train = train.map(load, num_parallel_calls=parallel).batch(batch, drop_remainder=True)
+        train = stream.map(lambda i, *draws: (tf.gather(image_paths, i), tf.gather(mask_paths, i), *draws))
+        train = train.map(lambda image, mask, *draws: (*load(image, mask), *draws), num_parallel_calls=parallel)
+        train = train.batch(batch, drop_remainder=True)
+    if augmentation.on:
+        train = train.map(lambda x, y, draws: augment.apply_tf(x, y, draws, augmentation), num_parallel_calls=parallel)
     train = train.prefetch(tf.data.AUTOTUNE)
     if "val" in decoded:
         val = tf.data.Dataset.from_tensor_slices((decoded["val"].images, decoded["val"].masks))
@@ -105,15 +111,21 @@ def resident(decoded: Decoded) -> Decoded:
         return Decoded(tf.constant(decoded.images), tf.constant(decoded.masks))
 
 
-def _stream(seed: int, n: int, start: int) -> tf.data.Dataset:
-    """Example indices of the train stream from position `start` (see `order`)."""
+def _stream(seed: int, n: int, start: int, jitter: bool) -> tf.data.Dataset:
+    """The train stream from position `start` (see `order`): example indices, or with `jitter`
+    (index, augmentation draws) pairs."""
     first_pass, offset = divmod(start, n)
-
-    def permutation(p: np.int64) -> np.ndarray:
-        return order.permutation(seed, n, int(p))
-
     passes = tf.data.Dataset.range(first_pass, np.iinfo(np.int64).max)
-    indices = passes.map(lambda p: tf.ensure_shape(tf.numpy_function(permutation, [p], tf.int64, stateful=False), [n]))
+
+    def per_pass(draw: Callable[[int, int, int], np.ndarray], dtype: tf.DType, shape: list[int]) -> tf.data.Dataset:
+        def of_pass(p: np.int64) -> np.ndarray:
+            return draw(seed, n, int(p))
+
+        return passes.map(lambda p: tf.ensure_shape(tf.numpy_function(of_pass, [p], dtype, stateful=False), shape))
+
+    indices = per_pass(order.permutation, tf.int64, [n])
+    if jitter:
+        return tf.data.Dataset.zip((indices, per_pass(order.jitter, tf.float32, [n, 3]))).unbatch().skip(offset)
     return indices.unbatch().skip(offset)
 
 
