@@ -35,17 +35,19 @@ def apply(images: np.ndarray, masks: np.ndarray, draws: np.ndarray,
     """The batch (images, masks), (batch, H, W, channels) each, seen through the draws' windows."""
     _, height, width, _ = images.shape
     ys, xs = coordinates(draws, 1, height, augment), coordinates(draws, 2, width, augment)
-    rows = np.arange(len(images))[:, None]
-    near_y, near_x = np.floor(ys + 0.5).astype(np.int64), np.floor(xs + 0.5).astype(np.int64)
-    out_masks = masks[rows, near_y][rows[..., None], np.arange(height)[None, :, None], near_x[:, None, :]]
-    top = np.floor(ys).astype(np.int64)
-    bottom, dy = np.minimum(top + 1, height - 1), (ys - top)[..., None, None].astype(np.float32)
-    across = images[rows, top] * (1 - dy) + images[rows, bottom] * dy
-    left = np.floor(xs).astype(np.int64)
-    right, dx = np.minimum(left + 1, width - 1), (xs - left)[:, None, :, None].astype(np.float32)
-    grid = (rows[..., None], np.arange(height)[None, :, None])
-    out_images = across[(*grid, left[:, None, :])] * (1 - dx) + across[(*grid, right[:, None, :])] * dx
-    return out_images.astype(images.dtype), out_masks
+    out_masks = _pick(_pick(masks, np.floor(ys + 0.5), 1), np.floor(xs + 0.5), 2)
+    top, left = np.floor(ys), np.floor(xs)
+    dy = (ys - top).astype(images.dtype)[:, :, None, None]
+    dx = (xs - left).astype(images.dtype)[:, None, :, None]
+    bottom, right = np.minimum(top + 1, height - 1), np.minimum(left + 1, width - 1)
+    across = _pick(images, top, 1) * (1 - dy) + _pick(images, bottom, 1) * dy
+    return _pick(across, left, 2) * (1 - dx) + _pick(across, right, 2) * dx, out_masks
+
+
+def _pick(array: np.ndarray, along: np.ndarray, axis: int) -> np.ndarray:
+    """Per example, the rows (axis 1) or columns (axis 2) at the (batch, length) indices `along`."""
+    shape = (*along.shape, 1, 1) if axis == 1 else (along.shape[0], 1, along.shape[1], 1)
+    return np.take_along_axis(array, along.astype(np.int64).reshape(shape), axis=axis)
 
 
 def apply_tf(images: "tf.Tensor", masks: "tf.Tensor", draws: "tf.Tensor",
@@ -70,6 +72,7 @@ def apply_tf(images: "tf.Tensor", masks: "tf.Tensor", draws: "tf.Tensor",
     top, left = tf.floor(ys), tf.floor(xs)
     dy = tf.cast(ys - top, images.dtype)[:, :, None, None]
     dx = tf.cast(xs - left, images.dtype)[:, None, :, None]
-    bottom, right = tf.minimum(top + 1, tf.cast(height - 1, tf.float64)), tf.minimum(left + 1, tf.cast(width - 1, tf.float64))
+    bottom = tf.minimum(top + 1, tf.cast(height - 1, tf.float64))
+    right = tf.minimum(left + 1, tf.cast(width - 1, tf.float64))
     across = pick(images, top, 1) * (1 - dy) + pick(images, bottom, 1) * dy
     return pick(across, left, 2) * (1 - dx) + pick(across, right, 2) * dx, out_masks
