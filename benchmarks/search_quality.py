@@ -39,7 +39,8 @@ epoch, the hardest bar. `--handpicked-momentum`, `--handpicked-power` and `--han
 train the hand-picked configuration with another batch normalisation momentum than the article's
 U-Net (Keras' 0.99), other class weights or the project's cosine schedule; `--handpicked-set
 KEY=VALUE` sets any other field of its config (`--epochs 75`, `--handpicked-set batch_size=4`:
-what one training could do with a search's whole budget). Prints a table per seed and
+what one training could do with a search's whole budget), and `--search-set KEY=VALUE` the
+same in the config of every search. Prints a table per seed and
 a summary, writes the JSON and plots best score against CPU seconds per tuner and seed.
 """
 
@@ -90,18 +91,20 @@ def handpicked_config(args, seed: int, results: Path) -> dict:
                   "loss": ["weighted_bce"], "pos_weight_power": [args.handpicked_power]}}
 
 
-def with_overrides(config: dict, overrides: list[str]) -> dict:
-    """`config` with each `dotted.key=YAML value` set (`batch_size=4`, `space.start_neurons.min=32`)."""
-    from kt_cluster.core.config import ConfigError, set_dotted
+def with_overrides(config: dict, overrides: list[str], option: str) -> dict:
+    """`config` with each `dotted.key=YAML value` of `option` set (`batch_size=4`,
+    `space.start_neurons.min=32`), checked as the chief would check it."""
+    from kt_cluster.core.config import ConfigError, from_dict, set_dotted
 
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"search_quality: --handpicked-set {item!r}: expected KEY=VALUE")
-        try:
-            set_dotted(config, key, yaml.safe_load(text), source=f"--handpicked-set {item}")
-        except ConfigError as exc:
-            raise SystemExit(f"search_quality: {exc}") from None
+    try:
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"search_quality: {option} {item!r}: expected KEY=VALUE")
+            set_dotted(config, key, yaml.safe_load(text), source=f"{option} {item}")
+        from_dict(config)
+    except ConfigError as exc:
+        raise SystemExit(f"search_quality: {option}: {exc}") from None
     return config
 
 
@@ -244,7 +247,8 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
         hand = json.loads(reused.read_text())
         print(f"seed {seed}: hand-picked result of an earlier run on this machine: {reused}", flush=True)
     else:
-        config = with_overrides(handpicked_config(args, seed, where / "handpicked" / "results"), args.handpicked_set)
+        config = with_overrides(handpicked_config(args, seed, where / "handpicked" / "results"), args.handpicked_set,
+                                "--handpicked-set")
         hand = run(config, 1, where / "handpicked", None)
         (where / "handpicked" / "result.json").write_text(json.dumps(hand))
     if not hand["trials"]:
@@ -257,7 +261,8 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
           f"best {args.score_window}-epoch mean {result['handpicked']['window']:.3f}; budget "
           f"{result['budget']:.0f} CPU s", flush=True)
     for tuner in args.tuners:
-        config = search_config(tuner, args, seed, where / tuner / "results")
+        config = with_overrides(search_config(tuner, args, seed, where / tuner / "results"), args.search_set,
+                                "--search-set")
         r = run(config, args.workers, where / tuner, result["budget"])
         best = max(r["trials"], key=lambda t: t["score"]) if r["trials"] else None
         result["searches"][tuner] = {"cpu": r["cpu"], "over_budget": r["over_budget"], "exit": r["exit"],
@@ -364,6 +369,8 @@ def main() -> int:
     p.add_argument("--handpicked-set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field of the hand-picked training, dotted, the value in YAML "
                         "(batch_size=4, space.start_neurons.min=32); repeatable")
+    p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same for the config of every search (data.augment.shift=0.06); repeatable")
     p.add_argument("--workdir", type=Path, default=None, help="default: a fresh directory under /tmp")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "search-quality.png")
     p.add_argument("--json", type=Path, help="also write every result here")
