@@ -38,6 +38,7 @@ def jitters(seed: int, n: int, start: int, count: int) -> np.ndarray:
 
 
 def _at(per_pass: Callable[[int, int, int], np.ndarray], seed: int, n: int, start: int, count: int) -> np.ndarray:
+    """Rows [start, start + count) of the stream of `per_pass(seed, n, 0)`, `per_pass(seed, n, 1)`, ..."""
     parts = []
     while count > 0:
         p, offset = divmod(start, n)
