@@ -9,10 +9,10 @@ errors that name bad files.
 The train set follows `order`: an endless stream whose batch b is a pure function of (seed, b),
 so `start_batch` resumes it exactly; with `data.augment` its examples are then zoomed and
 shifted (`augment`) by draws that are a pure function of the same. A split given in `decoded`
-(tensors that `resident` made from `decode`'s arrays) is served from memory; any other split
-is streamed: building its dataset lists file names only (a missing mask or class directory is a
-`DatasetError` right away) and files are opened while iterating. A file that cannot be used then surfaces as a tf
-error, which `explain_data_errors` turns into a `DataError` naming it:
+(tensors that `resident` made from `decode`'s arrays) is served from memory; any other split is
+streamed: building its dataset lists file names only (a missing mask or class directory is a
+`DatasetError` right away) and files are opened while iterating. A file that cannot be used
+then surfaces as a tf error, which `explain_data_errors` turns into a `DataError` naming it:
 
 * not a PNG/JPEG, a mask with other than one channel, or a mask whose size differs from its
   image: checked in the graph by assertions that carry the path in their message;
