@@ -31,7 +31,7 @@ def local_search(tmp_path_factory):
         where = run.endpoints()
         for name, process in where["processes"].items():
             role = name.split("-")[0]
-            # A tiny trial's epoch metrics are there for well under a second: scrape workers often.
+            # A tiny trial's epochs take a fraction of a second: scrape workers often.
             every = 0.5 if role == "chief" else 0.05
             threading.Thread(target=_scrape_loop, args=(process["metrics_port"], every, scrapes[role], run.proc),
                              daemon=True).start()

@@ -132,7 +132,8 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: d
     while proc.poll() is None:
         for port in pids:
             text = _try_scrape(port)
-            # Epoch metrics are there from the end of a trial's first epoch to the end of the trial.
+            # Epoch metrics are there from the end of a trial's first epoch to the end of the next
+            # trial's first epoch.
             if text is None or "ktc_worker_epoch_metric{" not in text:
                 continue
             chief = _try_scrape(chief_port)
@@ -144,7 +145,7 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: d
             if not stored.get("data", {}).get("result"):
                 continue
             text = _try_scrape(port)
-            # A worker keeps its last trial's epoch metrics until its next trial starts, so ask
+            # A worker keeps its last trial's epoch metrics while its next trial starts, so ask
             # whether it is training now (current epoch >= 0) before freezing it.
             epoch = _metric(text, "ktc_worker_current_epoch") if text else None
             if epoch is not None and epoch >= 0 and _freeze_until_lease_expires(pids[port], chief_port):

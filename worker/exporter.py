@@ -1,7 +1,9 @@
 """Every metric a worker exports, defined in one place, on one registry.
 
 Labels stay bounded: `metric` takes the model's metric names, `outcome` a `TrialOutcome`, and
-`trial_id` only the trial this worker is running now (its series ends with the trial).
+`trial_id` one trial at a time: `ktc_worker_trial`'s the trial running now (its series ends with
+the trial), `ktc_worker_epoch_metric`'s the trial of the last finished epoch (its series ends when
+the worker's next trial finishes an epoch).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class WorkerMetrics:
         self.epoch = Gauge("ktc_worker_current_epoch", "Epoch in progress (0-based); -1 when no trial runs.",
                            registry=r)
         self.epoch_metric = Gauge("ktc_worker_epoch_metric",
-                                  "Training and validation metrics of the last finished epoch of the current trial.",
+                                  "Training and validation metrics of the last epoch this worker finished.",
                                   ["trial_id", "metric"], registry=r)
         self.epoch_seconds = Histogram("ktc_worker_epoch_duration_seconds", "Wall time of one epoch, validation included.",
                                        buckets=EPOCH_BUCKETS, registry=r)
@@ -40,15 +42,20 @@ class WorkerMetrics:
         self.idle_seconds = Counter("ktc_worker_idle_seconds", "Time spent waiting for a trial.", registry=r)
         self.busy = Gauge("ktc_worker_busy", "1 while a trial runs, 0 while waiting.", registry=r)
         self.tuner_id = tuner_id
+        self._epoch_metric_trial: str | None = None
         self.epoch.set(-1)
 
     def trial_started(self, trial_id: str) -> None:
-        # The last trial's epoch metrics stay until now, so a scrape sees its final epoch.
-        self.epoch_metric.clear()
         self.trial.labels(tuner_id=self.tuner_id, trial_id=trial_id).set(1)
         self.busy.set(1)
 
     def epoch_ended(self, trial_id: str, logs: dict[str, float], seconds: float) -> None:
+        # A trial's final epoch stays until the next trial has an epoch of its own: a worker starts
+        # its next trial at once, and a scrape during that trial's model build and first epoch
+        # still sees how the last one ended.
+        if trial_id != self._epoch_metric_trial:
+            self.epoch_metric.clear()
+            self._epoch_metric_trial = trial_id
         for name, value in logs.items():
             self.epoch_metric.labels(trial_id=trial_id, metric=name).set(value)
         self.epoch_seconds.observe(seconds)
