@@ -26,6 +26,7 @@ on 2 cores (TensorFlow start-up included).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -60,10 +61,10 @@ CHIEF_POD = f"{SEARCH}-chief-0"
 # each would leave a single point in the space), a short lease so that a frozen worker loses its
 # trial within seconds, and enough epochs that a worker still trains for a few seconds once
 # Prometheus (scraping every second) holds its first epoch's metrics: an epoch of this search
-# takes a fraction of a second, and with 4 epochs a trial whose trace was quick ended before its
-# worker could be caught training.
+# takes a fraction of a second: with 4 epochs a trial whose trace was quick ended before its
+# worker could be caught training, and with 12 on a loaded machine every trial did once.
 CONFIG = {
-    "tuner": "random", "max_trials": 3, "epochs": 12, "batch_size": 4, "early_stopping": False,
+    "tuner": "random", "max_trials": 3, "epochs": 30, "batch_size": 4, "early_stopping": False,
     "lease_seconds": LEASE_SECONDS,
     "data": {"image_size": 32, "synthetic": True},
     "space": {"start_neurons": {"min": 8, "max": 8, "step": 8}, "net_depth": {"min": 2, "max": 2},
@@ -81,6 +82,7 @@ class Live:
     output: str
     run_dir: Path
     requeued: bool
+    drive: dict[str, int]  # what `_drive` saw on its way to freezing a worker
 
     def query_range(self, expr: str) -> dict:
         return self.prometheus.query_range(expr, self.start, self.end, step=1.0)
@@ -122,7 +124,7 @@ def _freeze_until_lease_expires(worker_pid: int, chief_port: int) -> bool:
 
 
 def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: dict[int, int],
-           scrapes: dict[str, str]) -> bool:
+           scrapes: dict[str, str], seen: collections.Counter) -> bool:
     """While the search runs: keep scrapes for promtool, then freeze a training worker once.
 
     The worker is frozen only once Prometheus holds its trial's epoch metrics (a frozen worker
@@ -132,10 +134,12 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: d
     while proc.poll() is None:
         for port in pids:
             text = _try_scrape(port)
+            seen["worker scrapes"] += 1
             # Epoch metrics are there from the end of a trial's first epoch to the end of the next
             # trial's first epoch.
             if text is None or "ktc_worker_epoch_metric{" not in text:
                 continue
+            seen["with epoch metrics"] += 1
             chief = _try_scrape(chief_port)
             if chief is None:
                 continue
@@ -144,12 +148,15 @@ def _drive(proc: subprocess.Popen, prom: ps.Prometheus, chief_port: int, pids: d
             stored = prom.query(f'ktc_worker_epoch_metric{{instance="127.0.0.1:{port}"}}')
             if not stored.get("data", {}).get("result"):
                 continue
+            seen["held by prometheus"] += 1
             text = _try_scrape(port)
             # A worker keeps its last trial's epoch metrics while its next trial starts, so ask
             # whether it is training now (current epoch >= 0) before freezing it.
             epoch = _metric(text, "ktc_worker_current_epoch") if text else None
-            if epoch is not None and epoch >= 0 and _freeze_until_lease_expires(pids[port], chief_port):
-                return True
+            if epoch is not None and epoch >= 0:
+                seen["frozen while training"] += 1
+                if _freeze_until_lease_expires(pids[port], chief_port):
+                    return True
         time.sleep(0.2)
     return False
 
@@ -184,10 +191,12 @@ def live(tmp_path_factory) -> Iterator[Live]:
                                                              workdir=tmp / "prometheus"))
             start = time.time()
             scrapes: dict[str, str] = {}
-            requeued = _drive(run.proc, prom, chief_port, workers, scrapes)
+            seen: collections.Counter = collections.Counter()
+            requeued = _drive(run.proc, prom, chief_port, workers, scrapes, seen)
             code = run.finish(timeout=240)
             time.sleep(2.5)  # the last scrapes, then staleness markers
-            result = Live(prom, start - 1, time.time(), scrapes, run.output, endpoints.run_dir(search_dir), requeued)
+            result = Live(prom, start - 1, time.time(), scrapes, run.output, endpoints.run_dir(search_dir), requeued,
+                          dict(seen))
             assert code == 0, f"ktc local exited with {code}\n{result.logs()}"
             yield result
 
@@ -195,7 +204,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
 # --- what the search produced -------------------------------------------------------------------
 
 def test_a_worker_lost_its_lease_and_the_search_still_finished(live):
-    assert live.requeued, "no worker could be frozen mid-trial until its lease expired\n" + live.logs()
+    assert live.requeued, f"no worker could be frozen mid-trial until its lease expired ({live.drive})\n" + live.logs()
 
 
 @pytest.mark.parametrize("role", ["chief", "worker"])
