@@ -6,8 +6,8 @@ A window is given by one row of `order.jitter` draws (u, v, w), each in [-1, 1):
 image's side (rows, columns). Output pixel i of a side of L pixels takes the source
 coordinate `((1 - side) / 2 + move) * (L - 1) + side * i`, clamped to [0, L - 1], so a window
 that reaches past an edge repeats that edge. Images are sampled bilinearly, masks at the
-nearest pixel (they stay 0 or 1). The coordinates are computed in float64 by the numpy and the
-TensorFlow versions alike, so both pick the same source pixels.
+nearest pixel (they stay 0 or 1). The tf.data pipeline runs the same numpy function
+(`apply_tf`), so both backends pick the same source pixels.
 """
 
 from __future__ import annotations
@@ -52,27 +52,12 @@ def _pick(array: np.ndarray, along: np.ndarray, axis: int) -> np.ndarray:
 
 def apply_tf(images: "tf.Tensor", masks: "tf.Tensor", draws: "tf.Tensor",
              augment: AugmentConfig) -> tuple["tf.Tensor", "tf.Tensor"]:
-    """`apply` in the graph, for tf.data: the same windows, the same source pixels."""
+    """`apply` as a step of a tf.data pipeline: the same function, so the same pixels."""
     import tensorflow as tf
 
-    def coords(axis: int, length: "tf.Tensor") -> "tf.Tensor":
-        side = 1 + augment.scale * tf.cast(draws[:, 0], tf.float64)
-        move = augment.shift * tf.cast(draws[:, axis], tf.float64)
-        last = tf.cast(length - 1, tf.float64)
-        origin = ((1 - side) / 2 + move) * last
-        return tf.clip_by_value(origin[:, None] + side[:, None] * tf.range(tf.cast(length, tf.float64)), 0, last)
+    def run(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return apply(x, y, d, augment)
 
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    ys, xs = coords(1, height), coords(2, width)
-
-    def pick(array: "tf.Tensor", along: "tf.Tensor", axis: int) -> "tf.Tensor":
-        return tf.gather(array, tf.cast(along, tf.int32), axis=axis, batch_dims=1)
-
-    out_masks = pick(pick(masks, tf.floor(ys + 0.5), 1), tf.floor(xs + 0.5), 2)
-    top, left = tf.floor(ys), tf.floor(xs)
-    dy = tf.cast(ys - top, images.dtype)[:, :, None, None]
-    dx = tf.cast(xs - left, images.dtype)[:, None, :, None]
-    bottom = tf.minimum(top + 1, tf.cast(height - 1, tf.float64))
-    right = tf.minimum(left + 1, tf.cast(width - 1, tf.float64))
-    across = pick(images, top, 1) * (1 - dy) + pick(images, bottom, 1) * dy
-    return pick(across, left, 2) * (1 - dx) + pick(across, right, 2) * dx, out_masks
+    out_images, out_masks = tf.numpy_function(run, [images, masks, draws], [images.dtype, masks.dtype],
+                                              stateful=False)
+    return tf.ensure_shape(out_images, images.shape), tf.ensure_shape(out_masks, masks.shape)
