@@ -21,6 +21,10 @@ Searches (`--tuners`):
 - `default`: only what a user must set: `data.path`, `data.image_size` 128, `data.classes`, the
   budget (`max_trials` 13 and `max_epochs` 27: `--default-trials`, `--default-max-epochs`) and
   the seed; everything else is the config's default (tuner asha, space, score).
+- `default-hours`: the same with a budget in worker time instead of trials: `max_worker_hours`
+  `--worker-share` (0.9) of the CPU budget (the rest: the processes' start, the chief, a last
+  trial running past it) and `max_epochs` (`--default-max-epochs`), `max_trials` left at its
+  default;
 - `asha-model`: `tuner: asha` set explicitly, with only the budget besides (`max_trials` 13,
   `max_epochs` 27: `--asha-trials`, `--asha-max-epochs`): the model-based, cost-aware sampler,
   first rung derived from the budget and final climb, which are asha's defaults (with the
@@ -62,8 +66,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-TUNERS = ("default", "asha-model", "random", "hyperband", "bayesian", "asha")
-COLOURS = {"default": "tab:red", "asha-model": "tab:purple", "asha": "tab:orange", "hyperband": "tab:blue", "bayesian": "tab:green",
+TUNERS = ("default", "default-hours", "asha-model", "random", "hyperband", "bayesian", "asha")
+COLOURS = {"default": "tab:red", "default-hours": "tab:brown", "asha-model": "tab:purple", "asha": "tab:orange", "hyperband": "tab:blue", "bayesian": "tab:green",
            "random": "tab:grey", "handpicked": "black"}
 POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 60.0
@@ -108,10 +112,12 @@ def with_overrides(config: dict, overrides: list[str], option: str) -> dict:
     return config
 
 
-def search_config(tuner: str, args, seed: int, results: Path) -> dict:
+def search_config(tuner: str, args, seed: int, results: Path, budget: float) -> dict:
     config = base_config(args, seed, results) | {"search_id": f"quality-{tuner}"}
     if tuner == "default":
         return config | {"max_trials": args.default_trials, "max_epochs": args.default_max_epochs}
+    if tuner == "default-hours":
+        return config | {"max_worker_hours": args.worker_share * budget / 3600, "max_epochs": args.default_max_epochs}
     if tuner == "asha-model":
         return config | {"tuner": "asha", "max_trials": args.asha_trials, "max_epochs": args.asha_max_epochs}
     config |= {"tuner": tuner, "max_trials": 500}
@@ -261,7 +267,8 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
           f"best {args.score_window}-epoch mean {result['handpicked']['window']:.3f}; budget "
           f"{result['budget']:.0f} CPU s", flush=True)
     for tuner in args.tuners:
-        config = with_overrides(search_config(tuner, args, seed, where / tuner / "results"), args.search_set,
+        config = with_overrides(search_config(tuner, args, seed, where / tuner / "results", result["budget"]),
+                                args.search_set,
                                 "--search-set")
         r = run(config, args.workers, where / tuner, result["budget"])
         best = max(r["trials"], key=lambda t: t["score"]) if r["trials"] else None
@@ -354,6 +361,8 @@ def main() -> int:
     p.add_argument("--budget-factor", type=float, default=3.0)
     p.add_argument("--default-trials", type=int, default=13, help="max_trials of the default search")
     p.add_argument("--default-max-epochs", type=int, default=27, help="max_epochs of the default search")
+    p.add_argument("--worker-share", type=float, default=0.9,
+                   help="max_worker_hours of the default-hours search: this share of its CPU budget")
     p.add_argument("--asha-trials", type=int, default=13, help="max_trials of the asha-model search")
     p.add_argument("--asha-max-epochs", type=int, default=27,
                    help="max_epochs of the asha-model search: with max_trials, its rungs")

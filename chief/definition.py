@@ -35,7 +35,7 @@ from kt_cluster.core.config import SearchConfig
 log = logging.getLogger("ktc.chief")
 
 # Raising these gives a search more to do; `kt_cluster.chief.main` reopens a finished one.
-BUDGET = ("max_trials", "hyperband_iterations", "max_consecutive_failed_trials")
+BUDGET = ("max_trials", "max_worker_hours", "hyperband_iterations", "max_consecutive_failed_trials")
 # Settings a change of which is applied and logged: they change how trials are run, not what they mean.
 SETTINGS = ("lease_seconds", "stock_lease_seconds", "early_stopping", "max_retries_per_trial", "mixed_precision",
             "jit_compile", "seed", "allow_new_hyperparameters", "metric_directions", "data.path",
@@ -104,6 +104,11 @@ class Reconciled:
     first: bool = False  # no definition was stored (an older journal)
 
 
+def _raised(old: Any, new: Any) -> bool:
+    """Whether a budget field went up; None is no limit (`max_worker_hours`)."""
+    return old is not None and (new is None or new > old)
+
+
 def check_meaning(stored: dict[str, Any] | None, configured: dict[str, Any], search_id: str) -> None:
     """`IncompatibleChange` for the first field of the definition other than the space and the
     budget that the config changes. Checked before the stored state is restored: an oracle of
@@ -138,7 +143,7 @@ def reconcile(stored: dict[str, Any] | None, configured: dict[str, Any], stored_
         old = stored["budget"].get(name, new)
         if old != new:
             result.changes.append(f"{name}: {old} -> {new}")
-            if new > old:
+            if _raised(old, new):
                 result.raised.append((name, old, new))
     for name, new in configured["settings"].items():
         old = stored.get("settings", configured["settings"]).get(name, new)

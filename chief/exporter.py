@@ -144,6 +144,10 @@ class OracleCollector(Collector):
         yield trials
         yield GaugeMetricFamily("ktc_chief_trials_max", "The search's trial budget (max_trials).",
                                 value=status["max_trials"] or 0)
+        yield GaugeMetricFamily("ktc_chief_worker_seconds", "Worker time the search's trials have spent training, "
+                                "summed over workers (the epochs they reported).", value=status["worker_seconds"])
+        yield GaugeMetricFamily("ktc_chief_worker_seconds_max", "The search's worker-time budget (max_worker_hours, "
+                                "in seconds; 0: none).", value=status["max_worker_seconds"] or 0)
         yield GaugeMetricFamily("ktc_chief_search_done", "1 once the search is over.", value=int(status["done"]))
         yield GaugeMetricFamily("ktc_chief_search_failed", "1 when the search ended in failure.",
                                 value=int(status["failure"] is not None))

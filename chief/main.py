@@ -20,7 +20,7 @@ from kt_cluster.chief.k8s import WorkerScaler
 from kt_cluster.chief.exporter import ChiefMetrics
 from kt_cluster.chief.oracle import cluster_oracle_class
 from kt_cluster.chief.service import ChiefServer, status_reply
-from kt_cluster.core import summary
+from kt_cluster.core import compute, summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
@@ -183,12 +183,17 @@ def _reopening(oracle, config: SearchConfig, accepted: definition.Reconciled) ->
     if accepted.first and len(oracle.trials) < config.max_trials:
         raised.setdefault("max_trials", (len(oracle.trials), config.max_trials))  # no stored budget to compare
     budget = [f"{name} raised from {raised[name][0]} to {raised[name][1]}"
-              for name in ("max_trials", "hyperband_iterations") if name in raised]
+              for name in ("max_trials", "max_worker_hours", "hyperband_iterations") if name in raised]
     if not budget:
         return None
     if len(oracle.trials) >= config.max_trials:
         print(f"chief: search {config.search_id}: {', '.join(budget)}, but its {len(oracle.trials)} trials reach "
               f"max_trials ({config.max_trials}): raise max_trials to go on", flush=True)
+        return None
+    spent = compute.spent_seconds(oracle.trials.values()) / 3600
+    if config.max_worker_hours is not None and spent >= config.max_worker_hours:
+        print(f"chief: search {config.search_id}: {', '.join(budget)}, but its trials have spent {spent:.3g} worker "
+              f"hours, max_worker_hours ({config.max_worker_hours:g}): raise max_worker_hours to go on", flush=True)
         return None
     if config.tuner == "hyperband" and compat.hyperband_exhausted(
             oracle, max(config.hyperband_iterations, oracle.hyperband_iterations)):

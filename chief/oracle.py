@@ -36,7 +36,7 @@ from kt_cluster.chief.ongoing import OngoingTrials
 from kt_cluster.chief.persistence import JournalMapping
 from kt_cluster.chief.state import JournalWriteError
 from kt_cluster.chief import validation
-from kt_cluster.core import compat
+from kt_cluster.core import compat, compute
 from kt_cluster.core.atomic_files import atomic_write
 
 TrialStatus = trial_module.TrialStatus
@@ -117,6 +117,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
     """Mixin for a keras-tuner `Oracle`; call `setup_cluster()` after construction."""
 
     _stock_update_trial = False  # set by `cluster_oracle_class`
+    max_worker_seconds: float | None = None  # the search's worker-time budget (`max_worker_hours`)
 
     @property
     def ongoing_trials(self) -> OngoingTrials:
@@ -211,6 +212,13 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
                 return self._stop(tuner_id)
         self._maybe_compact()
         return trial
+
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        # No trial starts once the worker time is spent (a requeued one, handed out before this
+        # is asked, still resumes: it started before).
+        if self.max_worker_seconds is not None and compute.spent_seconds(self.trials.values()) >= self.max_worker_seconds:
+            return {"status": TrialStatus.STOPPED}
+        return super().populate_space(trial_id)
 
     def _stop(self, tuner_id: str) -> trial_module.Trial:
         self.tuner_ids.discard(tuner_id)
@@ -456,6 +464,8 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         return {
             "objective": self.objective.name, "direction": self.objective.direction,
             "max_trials": self.max_trials, "trials": counts, "total": len(self.trials),
+            "worker_seconds": compute.spent_seconds(self.trials.values()),
+            "max_worker_seconds": self.max_worker_seconds,
             "completed": counts.get(TrialStatus.COMPLETED, 0),
             "failed": counts.get(TrialStatus.FAILED, 0) + counts.get(TrialStatus.INVALID, 0),
             "stopped_early": len(self.stopped_early), "queued": len(self.retry_queue),

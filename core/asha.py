@@ -21,6 +21,12 @@ promotes the best completed trial at the highest rung reached, whatever its rank
 this, rung-0 trials started while the last promotions were due would use up the budget and no
 configuration would train for `max_epochs`).
 
+A worker-time budget (`max_worker_seconds`, the config's `max_worker_hours`) is kept for the
+final climb the same way, planned from what the trials reported (`kt_cluster.core.compute`): the
+climb starts once the time left, less what running trials still need, pays for no more than
+carrying the furthest configuration to `max_epochs` at its seconds per epoch so far, plus one
+more first-rung trial. (The chief's oracle starts no trial once the time is spent.)
+
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
 Hyperband's brackets), with two exceptions where it waits for running trials: during the final
 climb while the highest rung's results are still running, and in a search space with no unseen
@@ -36,12 +42,13 @@ rebuilt lazily from `self.trials` after `set_state`.
 from __future__ import annotations
 
 import random
+from statistics import fmean
 from typing import Any
 
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
-from kt_cluster.core import compat
+from kt_cluster.core import compat, compute
 from kt_cluster.core.sampler import ModelSampler
 
 TrialStatus = trial_module.TrialStatus
@@ -78,6 +85,7 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
                          max_consecutive_failed_trials=max_consecutive_failed_trials)
         self.min_epochs, self.max_epochs, self.eta = min_epochs, max_epochs, eta
         self.sampler = sampler
+        self.max_worker_seconds: float | None = None  # the worker-time budget the final climb fits in
         self._index_stale = True
         self._results: list[dict[str, float]] = []  # per rung: trial id -> score, completed trials only
         self._promoted: set[str] = set()  # ids of trials that already have a promoted child
@@ -157,7 +165,8 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
         if self.max_trials and len(self.trials) >= self.max_trials:
             return {"status": TrialStatus.STOPPED}
         climb = self.final_climb_left()
-        if climb and self.max_trials and self.max_trials - len(self.trials) <= climb:
+        if climb and ((self.max_trials and self.max_trials - len(self.trials) <= climb)
+                      or self.worker_time_only_climbs()):
             # The rest of the budget is only enough to carry one configuration to max_epochs:
             # spend it there rather than on rung 0 trials that will never be promoted.
             found = self.climb_candidate()
@@ -172,6 +181,41 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
             return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
         values.update({"tuner/epochs": self.rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
         return {"status": TrialStatus.RUNNING, "values": values}
+
+    def worker_time_only_climbs(self) -> bool:
+        """Whether the worker time left (`max_worker_seconds`), less what running trials still
+        need, pays for no more than carrying the furthest configuration to max_epochs and one
+        more first-rung trial. Costs are what the trials reported: a configuration's seconds per
+        epoch so far, a first-rung trial's mean duration."""
+        if self.max_worker_seconds is None:
+            return False
+        trials = list(self.trials.values())
+        fallback = compute.mean_epoch_seconds(trials)
+        left = self.max_worker_seconds - compute.spent_seconds(trials)
+        for trial in self.ongoing_trials.values():
+            values = trial.hyperparameters.values
+            epochs = values.get("tuner/epochs", 0) - values.get("tuner/initial_epoch", 0)
+            left -= max(0, epochs - compute.epochs_reported(trial)) * compute.seconds_per_epoch(trial, fallback)
+        return left < self._climb_seconds(fallback) + self._first_rung_seconds(fallback)
+
+    def _climb_seconds(self, fallback: float) -> float:
+        """Worker seconds to carry the furthest configuration (the climb's candidate, else the
+        running trial at the highest rung) from its rung to max_epochs."""
+        found = self.climb_candidate()
+        if found is not None:
+            trial, rung = self.trials[found[0]], found[1]
+        elif self.ongoing_trials:
+            trial = max(self.ongoing_trials.values(), key=lambda t: t.hyperparameters.values.get("tuner/round", 0))
+            rung = trial.hyperparameters.values.get("tuner/round", 0)
+        else:
+            return 0.0
+        rungs = self.rungs
+        return (rungs[-1] - rungs[rung]) * compute.seconds_per_epoch(trial, fallback)
+
+    def _first_rung_seconds(self, fallback: float) -> float:
+        results, _ = self._index()
+        spent = [compute.spent_seconds([self.trials[t]]) for t in results[0]]
+        return fmean(spent) if spent else self.rungs[0] * fallback
 
     def _promotion(self, parent_id: str, rung: int) -> dict[str, Any]:
         """A new trial that trains `parent_id`'s configuration on from rung `rung` to the next."""

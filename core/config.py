@@ -220,6 +220,11 @@ class SearchConfig(_Model):
     max_trials: int = Field(30, ge=1, description="Trial budget (also caps Hyperband; 30 at the default "
                                                   "max_epochs and hyperband_factor: asha rungs of 3, 9 and 20 "
                                                   "epochs, or one whole Hyperband iteration).")
+    max_worker_hours: Annotated[float, Unit("hours")] | None = Field(
+        None, gt=0, description="Compute budget: hours of worker time spent training trials, summed over the "
+                                "workers (GPU hours, with one GPU per worker). No trial starts once it is spent; "
+                                "asha keeps the end of it for carrying its best configuration to max_epochs. null: "
+                                "no limit but max_trials.")
     max_epochs: int = Field(20, ge=1, description="Hyperband, asha: epochs of the longest trial.")
     min_epochs: int | None = Field(None, ge=1, description="Asha: epochs of the first rung (rungs at min_epochs * "
                                                            "hyperband_factor**k, up to max_epochs); null: derived "
@@ -315,6 +320,7 @@ OVERRIDES: dict[str, str] = {
     "max_trials": "max_trials",
     "epochs": "epochs",
     "max_epochs": "max_epochs",
+    "max_worker_hours": "max_worker_hours",
     "min_epochs": "min_epochs",
     "batch_size": "batch_size",
     "data": "data.path",

@@ -22,7 +22,8 @@ THRESHOLD = 0.5
 # Which way is better, for the metrics here and the loss. keras-tuner infers a direction from a
 # name only for Keras' own metrics, and records "min" for f1 and iou: a reader of a trial's
 # metrics asking for their best value would get the worst.
-DIRECTIONS = {"f1": "max", "precision": "max", "recall": "max", "iou": "max", "loss": "min"}
+DIRECTIONS = {"f1": "max", "precision": "max", "recall": "max", "iou": "max", "loss": "min",
+              "epoch_seconds": "min"}  # the worker time workers report with each epoch
 
 
 def direction_of(name: str, declared: Mapping[str, str] | None = None) -> str | None:

@@ -52,6 +52,7 @@ def make_oracle(config: SearchConfig, wrap: Callable[[type], type] | None = None
     cls = ORACLES[config.tuner]
     oracle = (wrap(cls) if wrap else cls)(**oracle_kwargs(config))
     oracle.max_trials = config.max_trials
+    oracle.max_worker_seconds = config.max_worker_hours * 3600 if config.max_worker_hours else None
     oracle.metric_directions = MappingProxyType(dict(config.metric_directions))
     return oracle
 

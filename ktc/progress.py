@@ -12,6 +12,11 @@ def bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {done}/{total}"
 
 
+def bar_hours(spent: float, budget: float) -> str:
+    filled = min(BAR_WIDTH, int(BAR_WIDTH * spent / budget))
+    return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {spent / 3600:.2f}/{budget / 3600:g}"
+
+
 def render(status: dict[str, Any]) -> str:
     ended = status["completed"] + status["failed"]
     best = status["best"]
@@ -22,6 +27,8 @@ def render(status: dict[str, Any]) -> str:
         f"queued {status['queued']}  stopped early {status['stopped_early']}",
         f"best: {best_text}",
     ]
+    if status.get("max_worker_seconds"):
+        lines.append(f"{bar_hours(status['worker_seconds'], status['max_worker_seconds'])} worker hours")
     lines += [f"warning: {w}" for w in status.get("search", {}).get("warnings", [])]
     for running in status["running"]:
         epoch = running["epoch"] + 1 if running["epoch"] >= 0 else "-"

@@ -9,6 +9,7 @@ import pytest
 from keras_tuner.src.engine import trial as trial_module
 
 from kt_cluster.chief.oracle import cluster_oracle_class
+from kt_cluster.core import compute
 from kt_cluster.core.asha import ASHAOracle, rung_epochs
 from kt_cluster.core.config import TUNERS, ConfigError, from_dict
 from kt_cluster.core.tuner import ORACLES, make_oracle
@@ -334,3 +335,82 @@ def test_every_tuner_builds_its_oracle_for_the_chief(tuner):
     """Each registered tuner starts (`bayesian` needs scipy and scikit-learn installed)."""
     oracle = make_oracle(from_dict({"tuner": tuner, "max_trials": 5}), cluster_oracle_class)
     assert isinstance(oracle, ORACLES[tuner]) and oracle.max_trials == 5
+
+
+def train(oracle, trial, score, seconds_per_epoch):
+    """Report every epoch of `trial` as a worker does: the objective and the worker time it took."""
+    for epoch in range(values(trial)["tuner/initial_epoch"], values(trial)["tuner/epochs"]):
+        oracle.update_trial(trial.trial_id, {"val_f1": score, "epoch_seconds": seconds_per_epoch}, step=epoch)
+    trial.status = Status.COMPLETED
+    oracle.end_trial(trial)
+
+
+@pytest.mark.parametrize("budget", [100, 150, 250])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_worker_time_budget_keeps_its_end_for_carrying_a_configuration_to_max_epochs(tmp_path, budget, seed):
+    """Two workers; a configuration's epoch costs 1 to 6 worker seconds (by its units); the trial
+    budget is out of reach, so only worker time ends the search."""
+    oracle = make(max_trials=1000, min_epochs=3, max_epochs=27, seed=seed, tmp_path=tmp_path / "s")
+    oracle.max_worker_seconds = budget
+    scores, clock, running, spent_at_start = random.Random(seed), 0.0, {}, []
+
+    def cost(trial):
+        return 1 + values(trial)["units"] / 2000
+
+    def start(worker, trial):
+        spent_at_start.append(compute.spent_seconds(oracle.trials.values()))
+        epochs = values(trial)["tuner/epochs"] - values(trial)["tuner/initial_epoch"]
+        running[worker] = (clock + epochs * cost(trial), trial)
+
+    for worker in ("w0", "w1"):
+        start(worker, oracle.create_trial(worker))
+    stopped = set()
+    while running:
+        worker = min(running, key=lambda w: running[w][0])
+        clock, trial = running.pop(worker)
+        if trial.status == Status.RUNNING:
+            train(oracle, trial, scores.random(), cost(trial))
+        if compute.spent_seconds(oracle.trials.values()) >= budget:
+            stopped.add(worker)  # as the chief's oracle does: no trial starts once it is spent
+            continue
+        nxt = oracle.create_trial(worker)
+        if nxt.status == Status.RUNNING:
+            start(worker, nxt)
+        elif nxt.status == Status.IDLE:
+            others = [end for end, _ in running.values()]
+            assert others, "IDLE with nothing running"
+            running[worker] = (min(others), nxt)  # ask again once another trial has ended
+    assert max(values(t)["tuner/epochs"] for t in oracle.trials.values()) == 27
+    assert all(spent < budget for spent in spent_at_start)
+    assert len(oracle.trials) < 1000
+
+
+def test_without_a_worker_time_budget_asha_ignores_the_epochs_cost(tmp_path):
+    oracle = make(max_trials=1000, min_epochs=3, max_epochs=27, tmp_path=tmp_path)
+    first = oracle.create_trial("w0")
+    train(oracle, first, 0.5, 1e9)
+    assert not oracle.worker_time_only_climbs()
+    assert values(oracle.create_trial("w0"))["tuner/round"] == 0
+
+
+def test_a_real_search_on_a_worker_time_budget_climbs_to_max_epochs_and_stops_on_time(cluster):
+    """Two real workers report the worker time of every epoch; the chief counts it against
+    max_worker_hours (40 s), keeps the end for the climb and starts nothing once it is spent."""
+    budget = 40.0
+    c = cluster(config={"tuner": "asha", "max_trials": 200, "max_epochs": 9, "min_epochs": 1, "seed": 4,
+                        "max_worker_hours": budget / 3600})
+    c.start_chief()
+    c.start_worker(0)
+    c.start_worker(1)
+    assert c.wait_exit("chief", timeout=600) == 0, c.tail("chief")
+    trials = c.trial_files()
+    seconds = {t["trial_id"]: [v for o in t["metrics"]["metrics"]["epoch_seconds"]["observations"] for v in o["value"]]
+               for t in trials}
+    for t in trials:  # one positive figure per epoch trained
+        steps = [o["step"] for o in t["metrics"]["metrics"]["val_f1"]["observations"]]
+        assert len(seconds[t["trial_id"]]) == len(steps) and all(s > 0 for s in seconds[t["trial_id"]])
+    spent = sum(map(sum, seconds.values()))
+    status = json.loads((c.results / "ktc-search" / "status.json").read_text())
+    assert status["done"] and status["worker_seconds"] == pytest.approx(spent)
+    assert len(trials) < 200 and budget <= spent < budget + 2 * max(map(sum, seconds.values()))
+    assert max(t["hyperparameters"]["values"]["tuner/epochs"] for t in trials) == 9

@@ -86,6 +86,14 @@ def test_progress_view_shows_the_chiefs_warnings():
     assert "warning: max_trials 3 ends hyperband ..." in render(status)
 
 
+def test_status_shows_the_worker_hours_spent_against_their_budget():
+    status = {"completed": 1, "failed": 0, "max_trials": 30, "total": 2, "running": [], "queued": 0,
+              "stopped_early": 0, "best": None, "objective": "val_f1", "done": False, "failure": None,
+              "worker_seconds": 5400.0, "max_worker_seconds": 7200.0}
+    assert "[" + "#" * 22 + "-" * 8 + "] 1.50/2 worker hours" in render(status).splitlines()
+    assert "worker hours" not in render(status | {"max_worker_seconds": None})
+
+
 @pytest.mark.timeout(300)
 def test_chief_log_status_and_ktc_status_show_a_degenerate_budget(tmp_path):
     cluster = Cluster(tmp_path, config={"tuner": "hyperband", "max_epochs": 27, "max_trials": 3})

@@ -226,3 +226,28 @@ def test_journals_that_saved_the_whole_running_map_still_replay():
     replayed.apply({"oracle": {"seed": 1}, "ongoing_set": {"w2": "02"}, "ongoing_drop": ["w0"]})
     assert replayed.ongoing == {"w1": "01", "w2": "02"} and replayed.oracle == {"seed": 1, "hyperparameters": space}
     assert Replayed.from_snapshot(replayed.to_snapshot()).ongoing == replayed.ongoing
+
+
+def test_no_trial_starts_once_the_worker_time_budget_is_spent_and_restored_spending_counts(tmp_path):
+    oracle = make_oracle(tmp_path, max_trials=10)
+    oracle.max_worker_seconds = 10.0
+    first = oracle.create_trial("w0", session="s0")
+    second = oracle.create_trial("w1", session="s1")
+    oracle.update_trial(first.trial_id, {"val_f1": 0.5, "epoch_seconds": 6.0}, step=0, tuner_id="w0", session="s0")
+    first.status = Status.COMPLETED
+    oracle.end_trial(first, tuner_id="w0", session="s0")
+    assert oracle.create_trial("w0", session="s0").status == Status.RUNNING  # 6 of 10 seconds spent
+    oracle.update_trial(second.trial_id, {"val_f1": 0.4, "epoch_seconds": 5.0}, step=0, tuner_id="w1", session="s1")
+    status = oracle.status()
+    assert (status["worker_seconds"], status["max_worker_seconds"]) == (11.0, 10.0)
+    # Spent, with two trials running: they finish, nothing new starts, the workers wait.
+    assert oracle.create_trial("w2", session="s2").status == Status.IDLE
+    oracle.journal.close()
+
+    restored = make_oracle(tmp_path, max_trials=10, restore=True)  # the spending comes back with the trials
+    restored.max_worker_seconds = 10.0
+    assert restored.status()["worker_seconds"] == 11.0
+    for tuner_id, trial in list(restored.ongoing_trials.items()):
+        finish(restored, trial, 0.3, tuner_id=tuner_id, session=f"s{tuner_id[1]}")
+    assert restored.create_trial("w3", session="s3").status == Status.STOPPED
+    assert restored.done and restored.failure is None and len(restored.trials) == 3

@@ -143,6 +143,37 @@ def run_trials(oracle, count: int, status: str = "COMPLETED") -> None:
         oracle.end_trial(trial, tuner_id="w0", session="s0")
 
 
+def test_a_search_that_spent_its_worker_hours_reopens_when_they_are_raised_past_what_it_spent(tmp_path, capsys):
+    """36 worker seconds a trial (0.01 hours); a budget of 0.02 hours ends the search after two."""
+    def spend(oracle):
+        while (trial := oracle.create_trial("w0", session="s0")).status == "RUNNING":
+            oracle.update_trial(trial.trial_id, {"val_f1": 0.5, "epoch_seconds": 36.0}, step=0, tuner_id="w0",
+                                session="s0")
+            trial.status = "COMPLETED"
+            oracle.end_trial(trial, tuner_id="w0", session="s0")
+        oracle.journal.close()
+        return len(oracle.trials)
+
+    def config(**budget):  # 16 configurations
+        return chief_config(tmp_path, max_trials=10, space={"start_neurons": {"min": 8, "max": 64}}, **budget)
+
+    oracle, _ = open_chief(config(max_worker_hours=0.02))
+    assert spend(oracle) == 2 and oracle.done and oracle.failure is None
+
+    oracle, reopened = open_chief(config(max_worker_hours=0.015))
+    assert not reopened and oracle.done  # lowered: still over
+    oracle.journal.close()
+    oracle, reopened = open_chief(config(max_worker_hours=0.019))
+    assert not reopened and oracle.done  # raised, but not past the 0.02 hours already spent
+    assert "but its trials have spent 0.02 worker hours, max_worker_hours (0.019): raise max_worker_hours" in \
+        capsys.readouterr().out
+    oracle.journal.close()
+    oracle, reopened = open_chief(config(max_worker_hours=0.04))
+    assert reopened and spend(oracle) == 4
+    oracle, reopened = open_chief(config())  # no limit: on to max_trials
+    assert reopened and spend(oracle) == 10
+
+
 def test_a_failed_search_reopens_only_when_its_failure_limit_is_raised(tmp_path, capsys):
     config = chief_config(tmp_path, max_trials=10)
     oracle, _ = open_chief(config)

@@ -23,7 +23,7 @@ import keras
 from keras_tuner import errors as kt_errors
 from keras_tuner.engine import trial as trial_module
 
-from kt_cluster.core import dataset
+from kt_cluster.core import compute, dataset
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.worker.checkpoints import CheckpointError
 from kt_cluster.worker.client import ChiefClient, LeaseLost
@@ -70,6 +70,7 @@ class ClusterCallback(keras.callbacks.Callback):
         super().__init__()
         self.run, self.client, self.metrics, self.stopping = run, client, metrics, stopping
         self._epoch_start = self._step_start = 0.0
+        self._since = time.perf_counter()  # the trial's start, then the end of its last epoch
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_start = time.perf_counter()
@@ -88,9 +89,13 @@ class ClusterCallback(keras.callbacks.Callback):
         if "loss" in logs and not math.isfinite(logs["loss"]):
             raise NonFiniteLoss(f"loss became {logs['loss']} at epoch {epoch}")
         self.run.epoch = epoch
-        self.metrics.epoch_ended(self.run.trial_id, logs, time.perf_counter() - self._epoch_start)
+        now = time.perf_counter()
+        self.metrics.epoch_ended(self.run.trial_id, logs, now - self._epoch_start)
+        # The worker time this epoch took, the model's build or the last checkpoint included: what
+        # the chief counts against max_worker_hours.
+        spent, self._since = now - self._since, now
         try:
-            reply = self.client.update_trial(self.run.trial_id, logs, step=epoch)
+            reply = self.client.update_trial(self.run.trial_id, {**logs, compute.EPOCH_SECONDS: spent}, step=epoch)
         except LeaseLost as exc:
             # Someone else holds the trial now: checkpoint nothing more, report nothing.
             self.run.lease_lost, self.run.lost_reason = True, str(exc)
