@@ -236,8 +236,9 @@ class SearchConfig(_Model):
     hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")
     sampler: Sampler = Field("model", description="Asha: how new configurations are drawn: model (a Parzen-"
                                                   "estimator model of the first rung's scores, per unit of "
-                                                  "cost, BOHB-style; the cheapest of 32 random draws until 4 "
-                                                  "trials have a score) or random.")
+                                                  "cost, BOHB-style; until 4 trials have a score, one of 32 "
+                                                  "random draws costing at most 3 times the cheapest of them) "
+                                                  "or random.")
     max_retries_per_trial: int = Field(1, ge=0, description="Re-runs of a trial that ended INVALID.")
     max_consecutive_failed_trials: int = Field(3, ge=1, description="This many FAILED trials in a row end the "
                                                                     "search.")

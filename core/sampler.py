@@ -6,12 +6,15 @@ ASHA's rung 0, and each candidate is judged per unit of cost ("expected improvem
 second", Snoek, Larochelle, Adams 2012): under a fixed budget a configuration that costs four
 times as much must look better by more than a little to be worth it.
 
-- Until `min_points` trials have a score at rung 0, configurations are random, the cheapest of
-  `initial_candidates` random draws: a search cannot afford its first trials to be the space's
-  largest models before it knows anything (with a known cost; otherwise plain random). In the
-  default space that means its cheapest architectures (few filters, shallow) with every other
-  hyperparameter random: costs span 270-fold and three in four configurations cost over six
-  times a 16-filter depth-4 U-Net, so with 3 or 8 draws a 14-fold one still came first.
+- Until `min_points` trials have a score at rung 0, configurations are random among the cheap
+  ones: one of the `initial_candidates` random draws that cost at most `initial_cost_ratio`
+  times the cheapest of them, uniformly (with a known cost; otherwise plain random). A search
+  cannot afford its first trials to be the space's largest models before it knows anything: in
+  the default space costs span 270-fold and three in four configurations cost over six times a
+  16-filter depth-4 U-Net, so with 3 or 8 draws a 14-fold one still came first. But the very
+  cheapest draw is always the same architecture (16 filters, depth 2 in the default space), and
+  a model fit on four trials of one architecture keeps to it; within three times the cheapest
+  cost lie the 16-filter U-Nets of depths 2 to 4 (the reference article's among them).
 - Then, from the scores at rung 0 (every configuration has one; higher rungs hold only the
   promoted, too alike to show what is bad): the best `gamma` of them are "good", the rest "bad".
   Each hyperparameter gets a density over its unit interval (keras-tuner's `value_to_prob`
@@ -47,14 +50,16 @@ CostFn = Callable[[dict[str, Any]], float]
 
 
 class ModelSampler:
-    """Draws ASHA's new configurations: the cheapest of a few random ones at first, then by a
+    """Draws ASHA's new configurations: random cheap ones at first, then by a
     Parzen-estimator model of the rung-0 scores, per unit of cost (module docstring)."""
 
     def __init__(self, cost: CostFn | None = None, min_points: int = 4, gamma: float = 1 / 3,
-                 candidates: int = 32, initial_candidates: int = 32, random_fraction: float = 0.2,
+                 candidates: int = 32, initial_candidates: int = 32, initial_cost_ratio: float = 3.0,
+                 random_fraction: float = 0.2,
                  cost_weight: float = 1.0, bandwidth: float = 0.15) -> None:
         self.cost, self.min_points, self.gamma = cost, min_points, gamma
         self.candidates, self.initial_candidates = candidates, initial_candidates
+        self.initial_cost_ratio = initial_cost_ratio
         self.random_fraction, self.cost_weight, self.bandwidth = random_fraction, cost_weight, bandwidth
 
     def sample(self, space: Sequence, draw_random: Callable[[], dict[str, Any] | None],
@@ -65,7 +70,7 @@ class ModelSampler:
         configuration above `max_cost` is picked while one below it can be drawn."""
         draw_random = self.capped(draw_random, max_cost)
         if len(scored) < self.min_points:
-            return self._cheapest(draw_random, self.initial_candidates)
+            return self._cheap(draw_random, rng)
         if rng.random() < self.random_fraction:
             return self._per_cost(draw_random, rng)
         ranked = sorted(scored, key=lambda vs: vs[1], reverse=maximize)
@@ -111,11 +116,16 @@ class ModelSampler:
         """Up to `count` random draws (fewer when the space runs out)."""
         return [v for v in (draw_random() for _ in range(count)) if v is not None]
 
-    def _cheapest(self, draw_random, count: int) -> dict[str, Any] | None:
-        draws = self._draws(draw_random, count)
+    def _cheap(self, draw_random, rng: random.Random) -> dict[str, Any] | None:
+        """One of `initial_candidates` random draws costing at most `initial_cost_ratio` times the
+        cheapest of them, uniformly (the first draw without a cost)."""
+        draws = self._draws(draw_random, self.initial_candidates if self.cost else 1)
         if not draws:
             return None
-        return min(draws, key=self.cost) if self.cost else draws[0]
+        if not self.cost:
+            return draws[0]
+        cheapest = min(map(self.cost, draws))
+        return rng.choice([v for v in draws if self.cost(v) <= self.initial_cost_ratio * cheapest])
 
     def _per_cost(self, draw_random, rng: random.Random) -> dict[str, Any] | None:
         """One of `candidates` random draws, each with a chance proportional to 1 / its cost

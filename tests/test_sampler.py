@@ -34,14 +34,12 @@ def drawer(hp, seed=0):
     return draw
 
 
-def test_before_the_model_has_data_it_picks_the_cheapest_of_a_few_random_draws():
+def test_before_the_model_has_data_it_picks_cheap_configurations_of_more_than_the_cheapest_architecture():
     hp = space()
-    draw = drawer(hp)
-    sampler = ModelSampler(cost=units_cost, initial_candidates=3)
-    picks = [sampler.sample(hp.space, draw, [], True, random.Random(i))["units"] for i in range(60)]
-    uniform = [draw()["units"] for _ in range(60)]
-    assert sum(picks) / len(picks) < 0.75 * sum(uniform) / len(uniform)
-    assert len(set(picks)) > 3  # still random, not one configuration
+    sampler = ModelSampler(cost=units_cost)  # 32 draws: the cheapest is almost always 8 or 16 units
+    picks = [sampler.sample(hp.space, drawer(hp, i), [], True, random.Random(i))["units"] for i in range(60)]
+    assert max(picks) <= 24  # at most 3 times the cheapest cost (units squared)
+    assert {8, 16} <= set(picks)  # not always the cheapest
 
 
 def test_with_scores_it_samples_near_the_good_configurations():
@@ -131,8 +129,10 @@ def test_first_configurations_of_the_default_space_are_its_cheap_architectures(t
         base = base or oracle.sampler.cost({"start_neurons": 16, "net_depth": 4})
         for _ in range(3):
             costs.append(oracle.sampler.cost(oracle.create_trial("w0").hyperparameters.values) / base)
-    # The space's median configuration costs about 15 times a 16-filter depth-4 U-Net.
-    assert max(costs) <= 3 and sum(costs) / len(costs) <= 1.2
+    # The space's median configuration costs about 15 times a 16-filter depth-4 U-Net; the
+    # cheapest (16 filters, depth 2) 0.38 of it, and within 3 times that lie depths 3 and 4 too.
+    assert sum(costs) / len(costs) <= 1.0
+    assert {0.38, 0.69, 1.0} <= {round(c, 2) for c in costs}  # not only the cheapest architecture
 
 
 def make_oracle_for(config, space, seed, where):
