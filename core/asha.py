@@ -24,8 +24,9 @@ configuration would train for `max_epochs`).
 A worker-time budget (`max_worker_seconds`, the config's `max_worker_hours`) is kept for the
 final climb the same way, planned from what the trials reported (`kt_cluster.core.compute`): the
 climb starts once the time left, less what running trials still need, pays for no more than
-carrying the furthest configuration to `max_epochs` at its seconds per epoch so far, plus one
-more first-rung trial. (The chief's oracle starts no trial once the time is spent.)
+carrying the furthest configuration to `max_epochs` at its seconds per epoch so far, plus the
+trial that would start otherwise (a promotion of a configuration that may cost far more per epoch,
+or a first-rung trial). (The chief's oracle starts no trial once the time is spent.)
 
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
 Hyperband's brackets), with two exceptions where it waits for running trials: during the final
@@ -165,15 +166,15 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
         if self.max_trials and len(self.trials) >= self.max_trials:
             return {"status": TrialStatus.STOPPED}
         climb = self.final_climb_left()
+        found = self.promotable()
         if climb and ((self.max_trials and self.max_trials - len(self.trials) <= climb)
-                      or self.worker_time_only_climbs()):
+                      or self.worker_time_only_climbs(found)):
             # The rest of the budget is only enough to carry one configuration to max_epochs:
             # spend it there rather than on rung 0 trials that will never be promoted.
             found = self.climb_candidate()
             if found is None:  # the highest rung's results are still running: wait for them
                 return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
             return self._promotion(*found)
-        found = self.promotable()
         if found is not None:
             return self._promotion(*found)
         values = self._new_values()
@@ -182,11 +183,12 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
         values.update({"tuner/epochs": self.rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
         return {"status": TrialStatus.RUNNING, "values": values}
 
-    def worker_time_only_climbs(self) -> bool:
+    def worker_time_only_climbs(self, promotion: tuple[str, int] | None = None) -> bool:
         """Whether the worker time left (`max_worker_seconds`), less what running trials still
-        need, pays for no more than carrying the furthest configuration to max_epochs and one
-        more first-rung trial. Costs are what the trials reported: a configuration's seconds per
-        epoch so far, a first-rung trial's mean duration."""
+        need, pays for no more than carrying the furthest configuration to max_epochs and the
+        trial that would start otherwise: `promotion` (trial id, rung), else a new first-rung
+        one. Costs are what the trials reported: a configuration's seconds per epoch so far, a
+        first-rung trial's mean duration."""
         if self.max_worker_seconds is None:
             return False
         trials = list(self.trials.values())
@@ -196,7 +198,13 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
             values = trial.hyperparameters.values
             epochs = values.get("tuner/epochs", 0) - values.get("tuner/initial_epoch", 0)
             left -= max(0, epochs - compute.epochs_reported(trial)) * compute.seconds_per_epoch(trial, fallback)
-        return left < self._climb_seconds(fallback) + self._first_rung_seconds(fallback)
+        if promotion is not None:
+            parent, rung = promotion
+            rungs = self.rungs
+            following = (rungs[rung + 1] - rungs[rung]) * compute.seconds_per_epoch(self.trials[parent], fallback)
+        else:
+            following = self._first_rung_seconds(fallback)
+        return left < self._climb_seconds(fallback) + following
 
     def _climb_seconds(self, fallback: float) -> float:
         """Worker seconds to carry the furthest configuration (the climb's candidate, else the

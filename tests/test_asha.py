@@ -414,3 +414,32 @@ def test_a_real_search_on_a_worker_time_budget_climbs_to_max_epochs_and_stops_on
     assert status["done"] and status["worker_seconds"] == pytest.approx(spent)
     assert len(trials) < 200 and budget <= spent < budget + 2 * max(map(sum, seconds.values()))
     assert max(t["hyperparameters"]["values"]["tuner/epochs"] for t in trials) == 9
+
+
+def test_the_climb_goes_first_when_the_promotion_due_would_leave_too_little_worker_time_for_it(tmp_path):
+    """Rungs 3, 9, 27. A cheap configuration (1 s an epoch) has reached rung 1; an expensive one
+    (10 s an epoch) is due for rung 1. The 50 s left pay for the climb (18 s) and a first-rung
+    trial (12 s on average), not for the climb and that promotion (60 s)."""
+    oracle = make(max_trials=1000, min_epochs=3, max_epochs=27, tmp_path=tmp_path)
+
+    def rung0(score, seconds):
+        trial = oracle.create_trial("w0")
+        assert values(trial)["tuner/round"] == 0
+        train(oracle, trial, score, seconds)
+        return trial
+
+    cheap = rung0(0.9, 1.0)
+    rung0(0.5, 10.0)
+    rung0(0.1, 1.0)
+    climbed = oracle.create_trial("w0")
+    assert values(climbed)["tuner/trial_id"] == cheap.trial_id
+    train(oracle, climbed, 0.9, 1.0)
+    rung0(0.2, 1.0)
+    rung0(0.3, 1.0)
+    due = rung0(0.95, 10.0)
+    assert oracle.promotable() == (due.trial_id, 0)
+    oracle.max_worker_seconds = compute.spent_seconds(oracle.trials.values()) + 50
+    top = oracle.create_trial("w0")
+    assert (values(top)["tuner/trial_id"], values(top)["tuner/epochs"]) == (climbed.trial_id, 27)
+    oracle.max_worker_seconds += 100  # enough for both: the promotion by rank comes first again
+    assert values(oracle.create_trial("w1"))["tuner/trial_id"] == due.trial_id
