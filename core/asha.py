@@ -26,12 +26,18 @@ final climb the same way, planned from what the trials reported (`kt_cluster.cor
 climb starts once the time left, less what running trials still need, pays for no more than
 carrying the furthest configuration to `max_epochs` at its seconds per epoch so far, plus the
 trial that would start otherwise (a promotion of a configuration that may cost far more per epoch,
-or a first-rung trial). (The chief's oracle starts no trial once the time is spent.)
+or a first-rung trial); and no other trial starts that could not finish in the time left (the
+worker waits while others run, and the search ends when none is left), so no trial started late
+overruns the budget beside the climb. The climb itself goes on when costs turned out higher than
+planned (a better configuration that costs more per epoch came last): its end is what the
+budget was kept for. (The chief's oracle also starts no trial of any tuner
+once the time is spent.)
 
 It never answers IDLE while the trial budget lasts (no worker waits for a rung to fill, unlike
 Hyperband's brackets), with two exceptions where it waits for running trials: during the final
 climb while the highest rung's results are still running, and in a search space with no unseen
-configuration left. Once `max_trials` trials exist it answers STOPPED.
+configuration left (where it carries the best configuration of the highest rung reached up
+instead, when it can). Once `max_trials` trials exist it answers STOPPED.
 
 State: `get_state()` adds three numbers to keras-tuner's Oracle state (min_epochs, max_epochs,
 eta) and nothing per trial. Rung results and promotions are derived from the trials themselves
@@ -43,6 +49,7 @@ rebuilt lazily from `self.trials` after `set_state`.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
@@ -53,6 +60,17 @@ from kt_cluster.core import compat, compute
 from kt_cluster.core.sampler import ModelSampler
 
 TrialStatus = trial_module.TrialStatus
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    """Worker seconds, as `ASHAOracle.time_plan` estimates them."""
+
+    left: float  # of the budget, less what running trials still need
+    climb: float  # to carry the furthest configuration to max_epochs
+    following: float  # the trial that would start if the climb did not
+
+
 TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id", "tuner/bracket", "tuner/round")
 
 
@@ -167,30 +185,38 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
             return {"status": TrialStatus.STOPPED}
         climb = self.final_climb_left()
         found = self.promotable()
+        plan = self.time_plan(found)
         if climb and ((self.max_trials and self.max_trials - len(self.trials) <= climb)
-                      or self.worker_time_only_climbs(found)):
+                      or (plan is not None and plan.left < plan.climb + plan.following)):
             # The rest of the budget is only enough to carry one configuration to max_epochs:
             # spend it there rather than on rung 0 trials that will never be promoted.
             found = self.climb_candidate()
             if found is None:  # the highest rung's results are still running: wait for them
-                return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
-            return self._promotion(*found)
+                return self._nothing_to_start()
+            return self._promotion(*found)  # even past the budget: what its end was kept for
+        if plan is not None and plan.left < plan.following:
+            return self._nothing_to_start()  # it could not finish in the worker time left
         if found is not None:
             return self._promotion(*found)
         values = self._new_values()
-        if values is None:  # every configuration of the space has been sampled
-            return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
+        if values is None:  # every configuration of the space has been sampled: carry the best up
+            found = self.climb_candidate()
+            return self._promotion(*found) if found is not None else self._nothing_to_start()
         values.update({"tuner/epochs": self.rungs[0], "tuner/initial_epoch": 0, "tuner/bracket": 0, "tuner/round": 0})
         return {"status": TrialStatus.RUNNING, "values": values}
 
-    def worker_time_only_climbs(self, promotion: tuple[str, int] | None = None) -> bool:
-        """Whether the worker time left (`max_worker_seconds`), less what running trials still
-        need, pays for no more than carrying the furthest configuration to max_epochs and the
-        trial that would start otherwise: `promotion` (trial id, rung), else a new first-rung
+    def _nothing_to_start(self) -> dict[str, Any]:
+        """Wait while trials run (one may free a promotion or come back), else the search is over."""
+        return {"status": TrialStatus.IDLE if self.ongoing_trials else TrialStatus.STOPPED}
+
+    def time_plan(self, promotion: tuple[str, int] | None = None) -> TimePlan | None:
+        """The worker-time budget's plan (None without `max_worker_seconds`): the time left less
+        what running trials still need, the furthest configuration's climb to max_epochs, and
+        the trial that would start otherwise, `promotion` (trial id, rung) or a new first-rung
         one. Costs are what the trials reported: a configuration's seconds per epoch so far, a
         first-rung trial's mean duration."""
         if self.max_worker_seconds is None:
-            return False
+            return None
         trials = list(self.trials.values())
         fallback = compute.mean_epoch_seconds(trials)
         left = self.max_worker_seconds - compute.spent_seconds(trials)
@@ -198,13 +224,13 @@ class ASHAOracle(compat.ValuesHashIgnoring, keras_tuner.Oracle):
             values = trial.hyperparameters.values
             epochs = values.get("tuner/epochs", 0) - values.get("tuner/initial_epoch", 0)
             left -= max(0, epochs - compute.epochs_reported(trial)) * compute.seconds_per_epoch(trial, fallback)
-        if promotion is not None:
-            parent, rung = promotion
-            rungs = self.rungs
-            following = (rungs[rung + 1] - rungs[rung]) * compute.seconds_per_epoch(self.trials[parent], fallback)
-        else:
-            following = self._first_rung_seconds(fallback)
-        return left < self._climb_seconds(fallback) + following
+        following = (self._promotion_seconds(*promotion, fallback) if promotion is not None
+                     else self._first_rung_seconds(fallback))
+        return TimePlan(left, self._climb_seconds(fallback), following)
+
+    def _promotion_seconds(self, parent_id: str, rung: int, fallback: float) -> float:
+        rungs = self.rungs
+        return (rungs[rung + 1] - rungs[rung]) * compute.seconds_per_epoch(self.trials[parent_id], fallback)
 
     def _climb_seconds(self, fallback: float) -> float:
         """Worker seconds to carry the furthest configuration (the climb's candidate, else the
