@@ -38,7 +38,7 @@ log = logging.getLogger("ktc.chief")
 BUDGET = ("max_trials", "max_worker_hours", "hyperband_iterations", "max_consecutive_failed_trials")
 # Settings a change of which is applied and logged: they change how trials are run, not what they mean.
 SETTINGS = ("lease_seconds", "stock_lease_seconds", "early_stopping", "max_retries_per_trial", "mixed_precision",
-            "jit_compile", "seed", "allow_new_hyperparameters", "metric_directions", "data.path",
+            "jit_compile", "seed", "allow_new_hyperparameters", "metric_directions", "first_trials", "data.path",
             "data.steps_per_epoch", "data.validation_steps", "data.parallel_calls", "data.cache_mb")
 
 

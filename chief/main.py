@@ -24,6 +24,7 @@ from kt_cluster.core import compute, summary
 from kt_cluster.core.atomic_files import atomic_output, atomic_write
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import SearchConfig
+from kt_cluster.core.first_trials import first_trials
 from kt_cluster.core.metrics_http import MetricsServer
 from kt_cluster.core.neptune_tracking import NeptuneTracker
 from kt_cluster.core.tuner import build_tuner
@@ -129,6 +130,7 @@ def open_search(config: SearchConfig, events=None) -> tuple:
     when they differ in meaning); reopened: a finished search this start made go on."""
     tuner = build_tuner(config, wrap_oracle=cluster_oracle_class)
     oracle = tuner.oracle
+    oracle.first_trials = first_trials(config, oracle.hyperparameters.space)  # ConfigError before any state is read
     configured = definition.of(config, oracle.hyperparameters.get_config()["space"])  # before a restore replaces it
     oracle.setup_cluster(state_dir(config), config.lease_seconds, config.stock_lease_seconds,
                          config.early_stopping_on, events=events, score_window=config.score_window)

@@ -118,6 +118,7 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
 
     _stock_update_trial = False  # set by `cluster_oracle_class`
     max_worker_seconds: float | None = None  # the search's worker-time budget (`max_worker_hours`)
+    first_trials: list[dict[str, Any]] = []  # trained first (`kt_cluster.core.first_trials`), never mutated
 
     @property
     def ongoing_trials(self) -> OngoingTrials:
@@ -218,7 +219,23 @@ class ClusterOracle(JournalMapping, compat.OracleSeam):
         # is asked, still resumes: it started before).
         if self.max_worker_seconds is not None and compute.spent_seconds(self.trials.values()) >= self.max_worker_seconds:
             return {"status": TrialStatus.STOPPED}
-        return super().populate_space(trial_id)
+        response = super().populate_space(trial_id)
+        values = response.get("values")
+        if response.get("status") == TrialStatus.RUNNING and values and "tuner/trial_id" not in values:
+            first = self._first_trial_due()
+            if first is not None:  # a new configuration: the next first trial goes in its place
+                tuner_keys = {k: v for k, v in values.items() if k.startswith("tuner/")}
+                response = dict(response, values=first | tuner_keys)
+        return response
+
+    def _first_trial_due(self) -> dict[str, Any] | None:
+        """The first of `first_trials` that no trial has trained yet: derived from the trials, so a
+        restarted chief goes on where the journal left off."""
+        tried = [trial.hyperparameters.values for trial in self.trials.values()]
+        for first in self.first_trials:
+            if not any(all(values.get(name) == value for name, value in first.items()) for values in tried):
+                return first
+        return None
 
     def _stop(self, tuner_id: str) -> trial_module.Trial:
         self.tuner_ids.discard(tuner_id)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, get_args
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      create_model, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+                      ValidationError, create_model, model_validator)
 from pydantic.fields import FieldInfo
 
 Tuner = Literal["hyperband", "bayesian", "random", "asha"]
@@ -123,6 +123,16 @@ class FloatRange(_Model):
         if self.max < self.min:
             raise FieldRule("max", f"must be >= min ({self.min}), got {self.max}")
         return self
+
+
+def _hyperparameter_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)):
+        return _number_text(value)
+    raise ValueError(f"must be a boolean, a number or a name, got {value!r}")
+
+
+# A hyperparameter's value in a config (StrictBool first: true is not 1; YAML 1.1's `1e-3` is a number).
+HyperparameterValue = Annotated[StrictBool | StrictInt | float | str, BeforeValidator(_hyperparameter_value)]
 
 
 class SpaceConfig(_Model):
@@ -239,6 +249,13 @@ class SearchConfig(_Model):
                                                   "cost, BOHB-style; until 4 trials have a score, one of 32 "
                                                   "random draws costing at most 3 times the cheapest of them) "
                                                   "or random.")
+    first_trials: list[dict[str, HyperparameterValue]] | None = Field(
+        None, description="Configurations trained first, before the tuner draws any (as Ray Tune's "
+                          "points_to_evaluate): each maps hyperparameter names to values inside the search space, "
+                          "the space's defaults filling the names it leaves out; one tried before is not trained "
+                          "again. null: with the built-in U-Net, the reference U-Net (start_neurons 16, net_depth "
+                          "4, elu, batch normalisation before the activation, no dropout) when the space holds it; "
+                          "none with a hypermodel of yours. []: none.")
     max_retries_per_trial: int = Field(1, ge=0, description="Re-runs of a trial that ended INVALID.")
     max_consecutive_failed_trials: int = Field(3, ge=1, description="This many FAILED trials in a row end the "
                                                                     "search.")
