@@ -17,6 +17,7 @@ it does not declare or a value outside its range is a config error naming it.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Iterable
 
 from keras_tuner.engine import hyperparameters as hp_module
@@ -94,7 +95,7 @@ def _declared_value(hp: hp_module.HyperParameter, value: Any) -> Any:
         if found:
             return found[0]
         raise ValueError(f"must be one of {', '.join(map(repr, hp.values))}")
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if isinstance(hp, hp_module.Int):
         step = hp.step or 1
         if number and value == int(value) and hp.min_value <= value <= hp.max_value \

@@ -97,6 +97,7 @@ def test_values_are_taken_as_the_space_holds_them(tmp_path):
     ({"depth": 3}, "first_trials.0: 'depth' is not a hyperparameter of the search space (it has activation, "),
     ({"net_depth": 9}, "first_trials.0.net_depth: must be an integer from 2 to 6 by 1, got 9"),
     ({"start_neurons": 24}, "first_trials.0.start_neurons: must be an integer from 16 to 128 by 16, got 24"),
+    ({"net_depth": float("inf")}, "first_trials.0.net_depth: must be an integer from 2 to 6 by 1, got inf"),
     ({"activation": "relu"}, "first_trials.0.activation: must be one of 'mish', 'elu', 'lrelu', got 'relu'"),
     ({"dropout": 1}, "first_trials.0.dropout: must be true or false, got 1"),
     ({"pos_weight_power": True}, "first_trials.0.pos_weight_power: must be one of 0.0, 0.5, got True"),
