@@ -32,7 +32,10 @@ from kt_cluster.core.summary import STATUS_FILE, SUMMARY_FILE
 from kt_cluster.progress import render
 from kt_cluster.supervisor import STOP_GRACE_SECONDS, Child, python_module, stop_all, wait_all
 
-EXIT_INCOMPATIBLE = 6  # the chief's: the config is not the stored search's (kt_cluster.chief.main)
+# The chief's exits that refuse to start, each with one line naming the culprit (kt_cluster.cli,
+# kt_cluster.chief.main): a config error, state that cannot be trusted, another chief serving the
+# search, a config that is not the stored search's.
+CHIEF_REFUSALS = (2, 3, 4, 6)
 
 SYNTH_COUNT = 48
 POLL_SECONDS = 1.0
@@ -237,9 +240,10 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
     try:
         code = monitor(children, address, token_path.read_text(), ProgressView(quiet), search_dir / STATUS_FILE)
         failed = code != 0
-        if code == EXIT_INCOMPATIBLE:
-            # The chief's one line says which field; the workers never got a chief to hear "over" from.
-            refusal = [line for line in children[0].tail(50).splitlines() if "refusing to start:" in line]
+        if code in CHIEF_REFUSALS:
+            # The chief's one line names the culprit; the workers never got a chief to hear "over"
+            # from, and their exits (stopped here) say nothing more.
+            refusal = [line for line in children[0].tail(50).splitlines() if line.startswith("ktc chief: ")]
             print(refusal[-1] if refusal else children[0].tail(), flush=True)
             failed = False
         else:
@@ -256,7 +260,7 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
     summary = search_dir / SUMMARY_FILE
     if code == 0 and summary.exists():
         print(summary.read_text(), end="", flush=True)
-    for child in children[1:]:
+    for child in children[1:] if code not in CHIEF_REFUSALS else ():
         if child.returncode not in (0, None):
             print(f"ktc local: {child.name} exited with {child.returncode}; log: {child.log}", flush=True)
     if failed:

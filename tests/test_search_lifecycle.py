@@ -1,5 +1,6 @@
 """A search's life cycle with real processes: extend a finished search, refuse an incompatible
-change (one line, exit 6, nothing changed on disk), accept a compatible one, and the chief's
+change (one line, exit 6, nothing changed on disk) or a first trial outside the space (one line,
+exit 2), accept a compatible one, and the chief's
 decisions on a failed or a Hyperband search (its oracle and journal in-process)."""
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def test_a_range_that_excludes_a_trials_value_is_refused_naming_the_hyperparamet
     assert f"hyperparameter start_neurons is Int {low}..{low + 16} step 8 in the config but " \
            f"Int 8..16 step 8 in the stored search (it excludes the value {excluded} of trial" in line, line
     assert tree_digest(search / "ktc-state") == before
+
+
+def test_a_first_trial_outside_the_space_stops_ktc_local_in_the_chiefs_one_line(tmp_path):
+    make_dataset(tmp_path / "data")
+    code, output = ktc_local(tmp_path, merge(TINY, {"first_trials": [{"depth": 3}]}), workers=1)
+    assert code == 2, output[-3000:]
+    lines = output.splitlines()
+    refusal = [line for line in lines if line.startswith("ktc chief: ")]
+    assert len(refusal) == 1 and refusal[0].startswith(
+        "ktc chief: first_trials.0: 'depth' is not a hyperparameter of the search space"), output[-3000:]
+    # The worker was stopped because the chief refused: its exit is no news, and nothing failed.
+    assert not [line for line in lines if "exited with" in line or "search failed" in line], output[-3000:]
+    assert "Traceback" not in output
+    assert not (tmp_path / "results" / "ktc-search" / "ktc-state").exists()
 
 
 def test_a_raised_max_trials_reopens_the_finished_search_and_runs_the_new_trials(finished):
