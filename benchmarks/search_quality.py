@@ -139,6 +139,7 @@ class Cluster:
         self.config_path = where / "search.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         token = where / "token"
+        token.touch(mode=0o600)  # as `ktc local` writes it: the chief warns about a token others can read
         token.write_text(secrets.token_urlsafe(32))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
