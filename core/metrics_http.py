@@ -96,6 +96,10 @@ class MetricsServer:
             sent = True
         except (asyncio.TimeoutError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # Only `stop()` cancels a handler. Ending normally rather than cancelled matters: the
+            # stream's done-callback asks the task for its exception, which raises if it was cancelled.
+            pass
         finally:
             self._open -= 1
             if sent:
@@ -138,6 +142,12 @@ class MetricsServer:
     def stop(self) -> None:
         async def close() -> None:
             self._server.close()
+            # Connections still open (a scraper between requests) end here, while the loop runs:
+            # a handler left pending would be destroyed with the loop, and say so on stderr.
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             await self._server.wait_closed()
 
         try:

@@ -193,3 +193,27 @@ def test_scrapes_beyond_the_pace_wait_their_turn_or_get_429():
         assert statuses[0] == b"200" and b"429" in statuses[1:], statuses
     finally:
         server.stop()
+
+
+def test_stopping_with_scrapers_connected_ends_their_handlers_quietly():
+    """A process that stops its metrics server while a scraper holds a connection open (one that
+    has not sent its request yet, one waiting for its turn) exits without asyncio's complaints."""
+    script = textwrap.dedent("""
+        import gc, socket, time
+        from prometheus_client import CollectorRegistry
+        from kt_cluster.core.metrics_http import MetricsServer
+        server = MetricsServer(CollectorRegistry(), 0, address="127.0.0.1", max_replies_per_second=0.25)
+        idle = socket.create_connection(("127.0.0.1", server.port))
+        scrapers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        for scraper in scrapers:
+            scraper.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        time.sleep(0.5)  # the first scrape is answered, the second waits 4 s for its turn
+        assert server.open_connections == 2, server.open_connections
+        server.stop()
+        del server
+        gc.collect()
+        print("stopped")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "stopped", run.stderr
+    assert run.stderr == "", run.stderr
