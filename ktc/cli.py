@@ -37,6 +37,7 @@ DEFAULT_ORACLE_PORT = 8000
 DEFAULT_CHIEF_METRICS_PORT = 9100
 DEFAULT_WORKER_METRICS_PORT = 9101
 DATA_POLL_SECONDS = 5.0
+EXIT_CONFIG = 2  # a bad argument, config, token file or dataset
 EXIT_STATE = 3  # the state on disk cannot be trusted
 EXIT_LOCKED = 4  # another chief serves this search
 EXIT_SYSTEM = 5  # a full disk, a port in use, ...
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, DatasetError) as exc:
         print(f"ktc {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except StateError as exc:
         verb = "refusing to start" if args.command == "chief" else "the state cannot be trusted"
         print(f"ktc {args.command}: {verb}: {exc}; {recovery_hint(args)}", file=sys.stderr)

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from kt_cluster import endpoints
+from kt_cluster.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_STATE
 from kt_cluster.core import dataset
 from kt_cluster.core.budget import budget_warnings
 from kt_cluster.core.config import ConfigError, SearchConfig
@@ -32,10 +33,9 @@ from kt_cluster.core.summary import STATUS_FILE, SUMMARY_FILE
 from kt_cluster.progress import render
 from kt_cluster.supervisor import STOP_GRACE_SECONDS, Child, python_module, stop_all, wait_all
 
-# The chief's exits that refuse to start, each with one line naming the culprit (kt_cluster.cli,
-# kt_cluster.chief.main): a config error, state that cannot be trusted, another chief serving the
-# search, a config that is not the stored search's.
-CHIEF_REFUSALS = (2, 3, 4, 6)
+EXIT_INCOMPATIBLE = 6  # the chief's: the config is not the stored search's (kt_cluster.chief.main)
+# The chief's exits that refuse to start, each with one line naming the culprit.
+CHIEF_REFUSALS = (EXIT_CONFIG, EXIT_STATE, EXIT_LOCKED, EXIT_INCOMPATIBLE)
 
 SYNTH_COUNT = 48
 POLL_SECONDS = 1.0
