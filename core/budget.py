@@ -9,15 +9,16 @@ carries one configuration up, chosen among fewer results). `budget_warnings` say
 value to set, before any trial runs (the chief logs them and serves them in its status, which
 `ktc status` and `ktc local` show).
 
-`asha_min_epochs` derives ASHA's first rung from the budget when `min_epochs` is left unset:
+`first_rung` derives ASHA's first rung from the budget when `min_epochs` is left unset:
 `max_epochs / eta**k` for the most promotions k that `max_trials` can pay for, but never more
-than `MAX_PROMOTIONS`, and never shorter than a fifth of `max_epochs` (`FIRST_RUNG_SHARE`). A
-first-rung score should rank where configurations end, not how fast they start: on real pages a
-3-epoch rung put a depth-3 U-Net that starts fast (0.25 there, 0.66 at 27 epochs) above depth-4
-ones that end higher (0.15 there, 0.68-0.73 at 25), and one training's validation F1 still
-jumps by 0.3 between epochs in its first fifth (docs/search-quality.md). A
-budget in worker hours leaves `max_trials` at its default, so its rungs follow from `max_epochs`
-alone (45: 9, 27, 45). A budget too small for any promotion trains every trial for `max_epochs`.
+than `MAX_PROMOTIONS`, so rung 0 trains at least `max_epochs / eta**2` epochs and is more likely
+to be informative (a U-Net at one epoch has rarely started to find small objects, so one-epoch
+scores rank by noise); a budget too small for any promotion trains every trial for `max_epochs`.
+A budget in worker hours does not bound the trials (`max_trials` stays at its default, out of
+reach), so it says nothing about the promotions: asha's plan keeps the end of the hours for
+carrying one configuration to `max_epochs`, and the first rung trains at least a fifth of
+`max_epochs` (`FIRST_RUNG_SHARE`): rungs of 9, 27 and 45 epochs at 45, the search measured on
+real pages (docs/search-quality.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 from kt_cluster.core.config import SearchConfig
 
 MAX_PROMOTIONS = 2  # rungs r, r*eta, r*eta**2 = max_epochs when the budget allows no fewer
-FIRST_RUNG_SHARE = 5  # the first rung trains at least max_epochs / 5 epochs
+FIRST_RUNG_SHARE = 5  # under a budget in worker hours the first rung trains at least max_epochs / 5
 
 
 def trials_to_top(promotions: int, eta: int) -> int:
@@ -35,14 +36,22 @@ def trials_to_top(promotions: int, eta: int) -> int:
     return sum(eta**k for k in range(promotions + 1))
 
 
-def asha_min_epochs(max_epochs: int, eta: int, max_trials: int) -> int:
+def asha_min_epochs(max_epochs: int, eta: int, max_trials: int, worker_hours: bool = False) -> int:
     """First-rung epochs: max_epochs / eta**k for the most promotions k (up to MAX_PROMOTIONS) that
-    `max_trials` can pay for and `max_epochs` can divide into, and at least max_epochs / FIRST_RUNG_SHARE."""
+    `max_trials` can pay for and `max_epochs` can divide into; under a budget in `worker_hours`, at
+    least max_epochs / FIRST_RUNG_SHARE."""
     promotions = 0
     while (promotions < MAX_PROMOTIONS and eta ** (promotions + 1) <= max_epochs
            and trials_to_top(promotions + 1, eta) <= max_trials):
         promotions += 1
-    return max(1, math.ceil(max_epochs / eta**promotions), math.ceil(max_epochs / FIRST_RUNG_SHARE))
+    epochs = max(1, math.ceil(max_epochs / eta**promotions))
+    return max(epochs, math.ceil(max_epochs / FIRST_RUNG_SHARE)) if worker_hours else epochs
+
+
+def first_rung(config: SearchConfig) -> int:
+    """ASHA's first-rung epochs: `min_epochs`, or derived from the budget when it is unset."""
+    return config.min_epochs or asha_min_epochs(config.max_epochs, config.hyperband_factor, config.max_trials,
+                                                worker_hours=config.max_worker_hours is not None)
 
 
 def hyperband_brackets(max_epochs: int, factor: int) -> list[list[tuple[int, int]]]:
@@ -85,7 +94,7 @@ def _hyperband_warnings(config: SearchConfig) -> list[str]:
 
 def _asha_warnings(config: SearchConfig) -> list[str]:
     eta = config.hyperband_factor
-    min_epochs = config.min_epochs or asha_min_epochs(config.max_epochs, eta, config.max_trials)
+    min_epochs = first_rung(config)
     rungs = 1
     while min_epochs * eta ** (rungs - 1) < config.max_epochs:
         rungs += 1

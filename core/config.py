@@ -228,7 +228,7 @@ class SearchConfig(_Model):
         "val_f1", min_length=1, description="Metric the search optimises (a Keras metric such as val_f1 or val_loss).")
     direction: Literal["min", "max"] = Field("max", description="Whether the objective is minimised or maximised.")
     max_trials: int = Field(30, ge=1, description="Trial budget (also caps Hyperband; 30 at the default "
-                                                  "max_epochs and hyperband_factor: asha rungs of 4, 12 and 20 "
+                                                  "max_epochs and hyperband_factor: asha rungs of 3, 9 and 20 "
                                                   "epochs, or one whole Hyperband iteration).")
     max_worker_hours: Annotated[float, Unit("hours")] | None = Field(
         None, gt=0, description="Compute budget: hours of worker time spent training trials, summed over the "
@@ -240,7 +240,8 @@ class SearchConfig(_Model):
                                                            "hyperband_factor**k, up to max_epochs); null: derived "
                                                            "from the budget, max_epochs / hyperband_factor**k for "
                                                            "the most promotions k, at most 2, that max_trials "
-                                                           "pays for, and at least max_epochs / 5.")
+                                                           "pays for; with max_worker_hours, at least "
+                                                           "max_epochs / 5.")
     epochs: int = Field(2, ge=1, description="Bayesian, random: epochs of every trial.")
     hyperband_factor: int = Field(3, ge=2, description="Hyperband's reduction factor (also asha's eta).")
     hyperband_iterations: int = Field(1, ge=1, description="Hyperband's repetitions.")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import keras_tuner
 
 from kt_cluster.core.asha import ASHAOracle
-from kt_cluster.core.budget import asha_min_epochs
+from kt_cluster.core.budget import first_rung
 from kt_cluster.core.config import SearchConfig
 from kt_cluster.core.hypermodel import build_hypermodel, space_cost
 from kt_cluster.core.sampler import ModelSampler
@@ -41,7 +41,7 @@ def oracle_kwargs(config: SearchConfig) -> dict[str, Any]:
                          "hyperband_iterations": config.hyperband_iterations}
     if config.tuner == "asha":
         eta = config.hyperband_factor
-        min_epochs = config.min_epochs or asha_min_epochs(config.max_epochs, eta, config.max_trials)
+        min_epochs = first_rung(config)
         sampler = ModelSampler(cost=space_cost(config)) if config.sampler == "model" else None
         return common | {"max_trials": config.max_trials, "min_epochs": min_epochs,
                          "max_epochs": config.max_epochs, "eta": eta, "sampler": sampler}

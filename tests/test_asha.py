@@ -293,8 +293,8 @@ def test_asha_config_defaults_and_early_stopping_off():
     config = from_dict({"tuner": "asha"})
     assert config.min_epochs is None and not config.early_stopping_on
     oracle = make_oracle(config)
-    # The first rung is derived from the budget: 30 trials pay for two promotions, from a fifth of max_epochs.
-    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [4, 12, 20] and oracle.max_trials == 30
+    # The first rung is derived from the budget: 30 trials pay for two promotions.
+    assert isinstance(oracle, ASHAOracle) and oracle.rungs == [3, 9, 20] and oracle.max_trials == 30
     assert make_oracle(from_dict({"tuner": "asha", "max_trials": 10})).rungs == [7, 20]  # one promotion
     assert make_oracle(from_dict({"tuner": "asha", "min_epochs": 1})).rungs == [1, 3, 9, 20]
 

@@ -9,7 +9,7 @@ import keras_tuner
 import pytest
 import yaml
 
-from kt_cluster.core.budget import asha_min_epochs, budget_warnings, hyperband_brackets, trials_to_top
+from kt_cluster.core.budget import asha_min_epochs, budget_warnings, first_rung, hyperband_brackets, trials_to_top
 from kt_cluster.core.config import from_dict, load
 from kt_cluster.core.tuner import make_oracle
 from kt_cluster.progress import render
@@ -68,25 +68,27 @@ def test_shipped_examples_are_not_degenerate():
 
 def test_asha_first_rung_is_derived_from_the_trial_budget():
     assert trials_to_top(2, 3) == 13
-    assert asha_min_epochs(20, 3, 13) == 4  # two promotions would start at 3: a fifth of 20 at least
+    assert asha_min_epochs(20, 3, 13) == 3  # rungs 3, 9, 20
+    assert asha_min_epochs(27, 3, 40) == 3  # rungs 3, 9, 27: never a 1-epoch rung
     assert asha_min_epochs(20, 3, 10) == 7  # one promotion: rungs 7, 20
     assert asha_min_epochs(20, 3, 3) == 20  # no promotion affordable: every trial trains max_epochs
     assert asha_min_epochs(2, 3, 100) == 2  # max_epochs too short to divide
-    assert asha_min_epochs(8, 2, 100) == 2  # rungs 2, 4, 8: a fifth of 8 does not bind
-    assert make_oracle(from_dict({"tuner": "asha", "max_epochs": 20, "max_trials": 13})).rungs == [4, 12, 20]
+    assert make_oracle(from_dict({"tuner": "asha", "max_epochs": 20, "max_trials": 13})).rungs == [3, 9, 20]
     assert make_oracle(from_dict({"tuner": "asha", "max_epochs": 20, "min_epochs": 1,
                                   "max_trials": 13})).rungs == [1, 3, 9, 20]
     assert budget_warnings(from_dict({"tuner": "asha", "max_epochs": 20, "max_trials": 13})) == []
 
 
-def test_asha_first_rung_trains_a_fifth_of_max_epochs_at_least():
-    # 1- and 3-epoch rungs rank how fast a U-Net starts, not where it ends.
-    assert asha_min_epochs(27, 3, 40) == 6  # rungs 6, 18, 27 rather than 3, 9, 27
-    assert asha_min_epochs(9, 3, 30) == 2  # rungs 2, 6, 9 rather than 1, 3, 9
-    # A budget in worker hours leaves max_trials at its default: the rungs follow max_epochs.
+def test_under_a_budget_in_worker_hours_the_first_rung_trains_a_fifth_of_max_epochs_at_least():
+    # max_trials (its default, 30) would pay for two promotions from 5 epochs: hours do not count trials.
     config = from_dict({"tuner": "asha", "max_epochs": 45, "max_worker_hours": 0.4})
-    assert make_oracle(config).rungs == [9, 27, 45]
+    assert first_rung(config) == 9 and make_oracle(config).rungs == [9, 27, 45]
     assert budget_warnings(config) == []
+    assert asha_min_epochs(45, 3, 30) == 5 and asha_min_epochs(45, 3, 30, worker_hours=True) == 9
+    assert asha_min_epochs(8, 2, 100, worker_hours=True) == 2  # rungs 2, 4, 8: a fifth of 8 does not bind
+    assert asha_min_epochs(20, 3, 10, worker_hours=True) == 7  # one promotion: already longer than a fifth
+    hours = {"tuner": "asha", "max_epochs": 45, "max_worker_hours": 0.4}
+    assert make_oracle(from_dict(hours | {"min_epochs": 3})).rungs == [3, 9, 27, 45]  # set, it is kept
 
 
 def test_progress_view_shows_the_chiefs_warnings():
