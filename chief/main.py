@@ -43,11 +43,14 @@ def state_dir(config: SearchConfig) -> Path:
 
 def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str | None,
               linger: bool = False, drain_seconds: float = 10.0, scale_workers: str | None = None,
-              token_file_exposed: bool = False, worker_replicas_file: str | None = None) -> int:
+              token_file_exposed: bool = False, worker_replicas_file: str | None = None,
+              final_scrape_seconds: float = 0.0) -> int:
     """Serve until the search is over; 0 when it completed, 1 when it failed, `EXIT_INCOMPATIBLE`
     when the config is not the stored search's (`kt_cluster.chief.definition`).
     `worker_replicas_file` holds what `scale_workers` is scaled to when this start reopens a finished
-    search."""
+    search. `final_scrape_seconds`: how long the workers' and this process' final values may take
+    to be scraped once the search is over: the chief waits that long before scaling the workers
+    to zero and, unless it lingers, serves /metrics until scraped, at most that long."""
     # keras-tuner makes a Tuner the chief only when "chief" is in its tuner id.
     os.environ["KERASTUNER_TUNER_ID"] = "chief"
     metrics = ChiefMetrics()
@@ -111,12 +114,18 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
             tracker.finish(oracle)
         if oracle.failure:
             print(f"chief: the search failed: {oracle.failure}", flush=True)
+        ended = time.monotonic()
         if scaler:
+            # Scaled down, a worker leaves Prometheus' targets: its last counts would go unscraped.
+            terminated.wait(final_scrape_seconds)
             scaler.scale_to_zero()
         if linger:
             while not terminated.wait(KEEP_AT_ZERO_SECONDS):
                 if scaler and oracle.done:  # only while the search is over
                     scaler.keep_at_zero()
+        elif final_scrape_seconds > 0:
+            left = ended + final_scrape_seconds - time.monotonic()
+            http_server.wait_for_scrape(ended, left, terminated)
         return 1 if oracle.failure else 0
     finally:
         server.stop(grace=2)

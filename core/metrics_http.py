@@ -13,6 +13,12 @@ oracle's lock, between its RPCs). This server runs on one asyncio event loop in 
   when that would outlast the read timeout), so a client that scrapes in a loop costs the process
   a bounded share of its CPU, and the chief's RPCs keep their latency.
 Only `GET /metrics` (and `/`) is served, one request per connection (`Connection: close`).
+
+A process that ends with its work (a worker told that the search is over, a chief that does not
+linger) can wait for one last scrape (`wait_for_scrape`): Prometheus reads a counter only when it
+scrapes, so an increment made just before the exit would otherwise never reach it. The kubelet's
+HTTP probes (`User-Agent: kube-probe/...`) get the same reply but are not scrapes: nothing of
+what they read is kept.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ MAX_CONNECTIONS = 256
 MAX_HEAD_BYTES = 8 * 1024
 RENDER_INTERVAL_SECONDS = 1.0
 MAX_REPLIES_PER_SECOND = 50.0
+STOP_POLL_SECONDS = 0.2  # how soon `wait_for_scrape` sees its stop event set
+
+
+def _from_a_probe(head: bytes) -> bool:
+    """Whether a request comes from the kubelet's HTTP probe, by the User-Agent it always sends."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"user-agent":
+            return value.strip().lower().startswith(b"kube-probe/")
+    return False
 
 
 class MetricsServer:
@@ -54,6 +70,10 @@ class MetricsServer:
         self._open = 0
         self._body: bytes | None = None
         self._rendered_at = 0.0
+        # The render time of the newest exposition a scraper was sent whole; waited on by
+        # `wait_for_scrape` in another thread.
+        self._read_at = float("-inf")
+        self._scraped = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="metrics-http", daemon=True)
         self._thread.start()
@@ -90,10 +110,15 @@ class MetricsServer:
             else:
                 await asyncio.sleep(wait)
                 status, body, content_type = self._answer(head)
+            # Read before the next await: another scrape may render a newer exposition meanwhile.
+            scrape = status == b"200 OK" and body and not _from_a_probe(head)
+            exposition_at = self._rendered_at if scrape else None
             writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                          % (status, content_type, len(body)) + body)
             await asyncio.wait_for(writer.drain(), self._write_timeout)
             sent = True
+            if exposition_at is not None:
+                self._note_scrape(exposition_at)
         except (asyncio.TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:
@@ -138,6 +163,31 @@ class MetricsServer:
             self._body = self._render(self._registry)
             self._rendered_at = now
         return self._body
+
+    def _note_scrape(self, rendered_at: float) -> None:
+        with self._scraped:
+            self._read_at = max(self._read_at, rendered_at)
+            self._scraped.notify_all()
+
+    def wait_for_scrape(self, since: float, timeout: float, stop: threading.Event | None = None) -> bool:
+        """True once a scraper has been sent an exposition rendered at or after `since` (a
+        `time.monotonic()` time), so it read every value as it stood then; False after `timeout`
+        seconds, or as soon as `stop` is set."""
+        deadline = time.monotonic() + timeout
+        with self._scraped:
+            while self._read_at < since:
+                left = deadline - time.monotonic()
+                if left <= 0 or (stop is not None and stop.is_set()):
+                    return False
+                self._scraped.wait(min(left, STOP_POLL_SECONDS))
+            return True
+
+    def wait_for_final_scrape(self, seconds: float, stop: threading.Event | None = None) -> bool:
+        """Keep serving until a scrape has read the values as they stand now, at most `seconds`."""
+        log.info("serving /metrics for a last scrape (at most %g s)", seconds)
+        scraped = self.wait_for_scrape(time.monotonic(), seconds, stop)
+        log.info("last scrape %s", "served" if scraped else "not served: none came")
+        return scraped
 
     def stop(self) -> None:
         async def close() -> None:

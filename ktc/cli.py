@@ -19,6 +19,7 @@ chief refuses to start, naming the field, and changes nothing (with --linger it 
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import os
 import sys
@@ -172,6 +173,7 @@ def cmd_chief(args: argparse.Namespace) -> int:
     try:
         return run_chief(config, f"{ip}:{port}", args.metrics_port, token, linger=args.linger,
                          scale_workers=args.scale_workers_on_exit, worker_replicas_file=args.worker_replicas_file,
+                         final_scrape_seconds=args.final_scrape_seconds,
                          token_file_exposed=token is not None and token_file_exposure(args.auth_token_file) is not None)
     finally:
         lock.release()
@@ -195,13 +197,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from kt_cluster.worker.main import run_worker
 
     return run_worker(config, f"{ip}:{port}", tuner_id, token, args.metrics_port, args.grace_seconds,
-                      threads=args.threads, gpu_memory_mb=args.gpu_memory_mb)
+                      threads=args.threads, gpu_memory_mb=args.gpu_memory_mb,
+                      final_scrape_seconds=args.final_scrape_seconds)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
     from kt_cluster.local import run_local
 
-    return run_local(search_config(args), workers=args.workers, base_port=args.base_port, quiet=args.quiet)
+    return run_local(search_config(args), workers=args.workers, base_port=args.base_port, quiet=args.quiet,
+                     final_scrape_seconds=args.final_scrape_seconds)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -279,6 +283,25 @@ def cmd_state_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A duration flag: a finite number >= 0 (argparse names the flag when this refuses)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _final_scrape_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--final-scrape-seconds", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="once the search is over, keep serving /metrics until a scrape has read the final "
+                             "values, at most this long, so that Prometheus gets the last trial's counts "
+                             "(0: exit at once); a chief with --scale-workers-on-exit waits this long before "
+                             "scaling the workers down")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ktc", description="kt-cluster: distributed keras-tuner searches.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -288,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     local.add_argument("--workers", type=int, default=2)
     local.add_argument("--base-port", type=int, default=0, help="first port to use (default: any free ports)")
     local.add_argument("--quiet", action="store_true", help="no live progress view")
+    _final_scrape_flag(local)
     _search_flags(local)
     local.set_defaults(func=cmd_local)
 
@@ -303,12 +327,14 @@ def parser() -> argparse.ArgumentParser:
     chief.add_argument("--worker-replicas-file", metavar="FILE",
                        help="with --scale-workers-on-exit: a file holding the worker count to scale back up to when a "
                             "raised budget reopens a finished search (the chart's ConfigMap: workers.replicas)")
+    _final_scrape_flag(chief)
     chief.set_defaults(func=cmd_chief)
 
     worker = sub.add_parser("worker", help="run trials (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT)")
     _search_flags(worker)
     _auth_flags(worker)
     worker.add_argument("--metrics-port", type=int, default=DEFAULT_WORKER_METRICS_PORT)
+    _final_scrape_flag(worker)
     worker.add_argument("--grace-seconds", type=float, default=25.0,
                         help="time allowed to hand the trial back on SIGTERM")
     worker.add_argument("--threads", type=int, default=None,

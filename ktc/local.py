@@ -105,10 +105,11 @@ def write_run_files(config: SearchConfig) -> tuple[Path, Path]:
 
 
 def start(config: SearchConfig, config_path: Path, token_path: Path, workers: int,
-          base_port: int) -> tuple[list[Child], str]:
+          base_port: int, final_scrape_seconds: float = 0.0) -> tuple[list[Child], str]:
     oracle_port, chief_metrics, *worker_metrics = free_ports(2 + workers, base_port)
     run_dir = config_path.parent
-    common = ["--config", str(config_path), "--auth-token-file", str(token_path)]
+    common = ["--config", str(config_path), "--auth-token-file", str(token_path),
+              "--final-scrape-seconds", str(final_scrape_seconds)]
     env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(oracle_port),
                PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     children = [Child.start("chief", python_module("kt_cluster", "chief", *common, "--metrics-port", str(chief_metrics)),
@@ -218,7 +219,8 @@ def _interrupt(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
-def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: bool = False) -> int:
+def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: bool = False,
+              final_scrape_seconds: float = 0.0) -> int:
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
     config = resolve(config)
@@ -235,7 +237,7 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
     # and the children run in sessions of their own, so a default SIGTERM would orphan them.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
-    children, address = start(config, config_path, token_path, workers, base_port)
+    children, address = start(config, config_path, token_path, workers, base_port, final_scrape_seconds)
     code, failed = 1, True
     try:
         code = monitor(children, address, token_path.read_text(), ProgressView(quiet), search_dir / STATUS_FILE)
@@ -247,7 +249,8 @@ def run_local(config: SearchConfig, workers: int, base_port: int = 0, quiet: boo
             print(refusal[-1] if refusal else children[0].tail(), flush=True)
             failed = False
         else:
-            wait_all(children[1:], STOP_GRACE_SECONDS)  # workers exit once told the search is over
+            # Workers exit once told the search is over (and, with a final scrape, once scraped).
+            wait_all(children[1:], STOP_GRACE_SECONDS + final_scrape_seconds)
     except Interrupted as exc:
         print("\nktc local: interrupted; stopping (workers hand their trials back)", flush=True)
         code, failed = 128 + exc.signum, False

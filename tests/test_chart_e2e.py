@@ -58,7 +58,10 @@ VALUES: dict[str, Any] = {
                   "pos_weight_power": [1.0]},
     },
     "workers": {"replicas": 2},
+    # Nothing scrapes these pods but the search test, which sets its own.
+    "monitoring": {"finalScrapeSeconds": 0},
 }
+FINAL_SCRAPE_SECONDS = 15
 # One pod of two GPUs, one trial per GPU: two worker processes in the pod (on CPU here: the
 # GPU-only settings, CUDA_VISIBLE_DEVICES and the memory cap, have nothing to act on).
 ONE_GPU_PER_TRIAL = merge(VALUES, {"workers": {"replicas": 1, "gpus": 2, "gpusPerTrial": 1, "gpuMemoryMB": 2048}})
@@ -125,7 +128,9 @@ def probe(target: tuple[str, int], local_port: int) -> bool:
             with grpc.insecure_channel(f"127.0.0.1:{local_port}") as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
-        with urllib.request.urlopen(f"http://127.0.0.1:{local_port}{target[0]}", timeout=2) as response:
+        request = urllib.request.Request(f"http://127.0.0.1:{local_port}{target[0]}",
+                                         headers={"User-Agent": "kube-probe/1.31"})  # as the kubelet sends
+        with urllib.request.urlopen(request, timeout=2) as response:
             return 200 <= response.status < 400
     except Exception:  # noqa: BLE001 - not serving: the probe fails
         return False
@@ -320,6 +325,7 @@ def port_runs(sizes: list[int]) -> list[int]:
     (ONE_GPU_PER_TRIAL, {"worker-0.0", "worker-0.1"}),
 ], ids=["two-pods", "one-pod-two-processes"])
 def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
+    values = merge(values, {"monitoring": {"finalScrapeSeconds": FINAL_SCRAPE_SECONDS}})
     objects = render(values, release=RELEASE, namespace=NAMESPACE)
     chief_sts, sts = find(objects, "StatefulSet", "-chief"), find(objects, "StatefulSet", "-worker")
     chief_svc, worker_svc = find(objects, "Service", "-chief"), find(objects, "Service", "-worker")
@@ -359,6 +365,9 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
 
     # --- the Kubernetes API: what the Role grants, through a kubeconfig -------------------------
     assert "--linger" in chief.argv  # the chief keeps serving after the search (restartPolicy Always)
+    assert chief.argv[chief.argv.index("--final-scrape-seconds") + 1] == str(FINAL_SCRAPE_SECONDS)
+    for w in workers:
+        assert re.findall(r"--final-scrape-seconds\s+(\S+)", w.argv[-1]) == [str(FINAL_SCRAPE_SECONDS)]
     at = chief.argv.index("--scale-workers-on-exit")
     assert chief.argv[at + 1] == f"{NAMESPACE}/{sts['metadata']['name']}"  # $(POD_NAMESPACE) expanded
     assert pod_spec(chief_sts)["automountServiceAccountToken"] is True
@@ -450,16 +459,24 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
             assert not status["failure"], f"{status['failure']}\n{logs_text}"
             assert set(status["workers"]) == tuner_ids, status["workers"]
 
-            for w in workers:  # told the search is over, a worker exits 0
+            # Told the search is over, a worker serves /metrics until scraped once more (Prometheus
+            # finds the pods by their annotations' port), then exits 0, well before the wait's end.
+            over = time.monotonic()
+            last = last_scrapes(workers, [port + i for port in worker_metrics_local for i in range(len(metrics_ports))])
+            for w in workers:
                 try:
                     assert w.proc.wait(timeout=60) == 0, w.tail()
                 except subprocess.TimeoutExpired:
                     raise AssertionError(f"{w.name} still running after the search\n{w.tail()}") from None
+            assert time.monotonic() - over < FINAL_SCRAPE_SECONDS, "the workers waited out their final scrape"
+            completed = [completed_trials(text) for text in last.values()]
+            assert sum(completed) == VALUES["search"]["max_trials"], completed
             best = results_dir / config["search_id"] / "best_hyperparameters.json"
             wait_until(best.exists, 60, "best_hyperparameters.json", [chief])
             # The chief scales its workers to zero, and puts them back to zero when an upgrade
             # raises them while the search is over.
-            wait_until(lambda: api.get_replicas(NAMESPACE, worker_name) == 0, 30, "workers scaled to 0", [chief])
+            wait_until(lambda: api.get_replicas(NAMESPACE, worker_name) == 0, FINAL_SCRAPE_SECONDS + 30,
+                       "workers scaled to 0", [chief])
             api.set_replicas(NAMESPACE, worker_name, 2)
             wait_until(lambda: api.get_replicas(NAMESPACE, worker_name) == 0, 15, "workers back at 0", [chief])
             assert chief.proc.poll() is None, "--linger: the chief keeps serving after the search"
@@ -475,6 +492,31 @@ def test_chart_pods_run_a_search_as_rendered(tmp_path, values, tuner_ids):
     assert len(trials) == VALUES["search"]["max_trials"] == status["completed"]
     assert {t["status"] for t in trials} == {"COMPLETED"}, [(t["trial_id"], t["status"]) for t in trials]
     assert json.loads(best.read_text())["trial_id"] in {t["trial_id"] for t in trials}
+
+
+def last_scrapes(workers: list[Process], ports: list[int]) -> dict[int, str]:
+    """Scrape every worker metrics port, as Prometheus would, until the workers have exited:
+    each port's last successful scrape (none for a process that ran no trial and left at once)."""
+    import urllib.request
+
+    last: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while any(w.proc.poll() is None for w in workers) and time.monotonic() < deadline:
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    last[port] = response.read().decode()
+            except OSError:
+                pass  # gone
+        time.sleep(0.2)
+    return last
+
+
+def completed_trials(exposition: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(exposition) for s in f.samples
+               if s.name == "ktc_worker_trials_total" and s.labels.get("outcome") == "completed")
 
 
 def test_data_gate_fails_a_mismatched_dataset_with_one_line(tmp_path):

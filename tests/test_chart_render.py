@@ -117,7 +117,7 @@ def test_chief_is_a_one_pod_statefulset_with_the_documented_command():
     c = container(chief)
     assert c["command"] == ["ktc"]
     assert c["args"] == ["chief", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
-                         "--metrics-port", "9100", "--linger",
+                         "--metrics-port", "9100", "--linger", "--final-scrape-seconds", "65",
                          "--scale-workers-on-exit", "$(POD_NAMESPACE)/kt-cluster-worker",
                          "--worker-replicas-file", "/etc/ktc/workers-replicas"]
     e = env(c)
@@ -264,7 +264,7 @@ def test_worker_tuner_ids_come_from_the_ordinal_and_never_contain_chief(tmp_path
                              capture_output=True, text=True, check=True).stdout.split()
         assert out[0] == f"worker-{ordinal}"
         assert out[1:] == ["worker", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
-                           "--metrics-port", "9101", "--grace-seconds", "25"]
+                           "--metrics-port", "9101", "--grace-seconds", "25", "--final-scrape-seconds", "65"]
 
 
 @pytest.mark.parametrize("values", [None, MATRIX["customised"], {"workers": {"graceSeconds": 12.5,
@@ -321,7 +321,7 @@ def test_worker_processes_per_pod_each_get_a_metrics_port_scraped_and_admitted(t
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "worker-3"  # the pod's id; its processes are worker-3.0, worker-3.1, ...
     assert out[1:] == ["worker", "--config", "/etc/ktc/search.yaml", "--auth-token-file", "/var/run/ktc/token",
-                       "--metrics-port", "9101", "--grace-seconds", "25", *flags]
+                       "--metrics-port", "9101", "--grace-seconds", "25", "--final-scrape-seconds", "65", *flags]
 
 
 def test_one_gpu_per_trial_needs_gpus():
@@ -598,6 +598,21 @@ def test_pods_carry_scrape_annotations_unless_a_service_monitor_scrapes_them():
         assert annotations["prometheus.io/path"] == "/metrics"
     for values in (MATRIX["monitoring"], MATRIX["minimal"]):
         assert "prometheus.io/scrape" not in json.dumps(render(values))
+
+
+@pytest.mark.parametrize("values, seconds", [
+    (None, "65"),                                         # scraped by their annotations
+    ("monitoring", "65"),                                 # by ServiceMonitors
+    ("minimal", "0"),                                     # by nothing: no wait
+    ({"monitoring": {"finalScrapeSeconds": 0}}, "0"),
+    ({"monitoring": {"finalScrapeSeconds": 120}}, "120"),
+])
+def test_a_finished_searchs_pods_wait_for_a_last_scrape_only_when_something_scrapes_them(values, seconds):
+    objects = render(MATRIX[values] if isinstance(values, str) else values)
+    chief = container(find(objects, "StatefulSet", "-chief"))["args"]
+    assert chief[chief.index("--final-scrape-seconds") + 1] == seconds
+    worker = container(find(objects, "StatefulSet", "-worker"))["args"][0]
+    assert f" --final-scrape-seconds {seconds}" in worker
 
 
 def test_service_monitors_scrape_the_chief_and_worker_services():

@@ -35,6 +35,7 @@ def test_documented_examples_are_accepted(name):
     ({"workers": {"gpus": "two"}}, "/workers/gpus", "got string, want integer"),
     ({"workers": {"gpus": 1.5}}, "/workers/gpus", "want integer"),
     ({"workers": {"trialsPerGPU": 0}}, "/workers/trialsPerGPU", "minimum: got 0, want 1"),
+    ({"monitoring": {"finalScrapeSeconds": -1}}, "/monitoring/finalScrapeSeconds", "minimum: got -1, want 0"),
     ({"workers": {"gpusPerTrial": 2}}, "/workers/gpusPerTrial", "value must be one of 'all', 1"),
     ({"workers": {"gpuMemoryMB": 100}}, "/workers/gpuMemoryMB", "minimum: got 100, want 256"),
     ({"search": {"direction": "up"}}, "/search/direction", "'min', 'max'"),

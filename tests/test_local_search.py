@@ -24,21 +24,27 @@ def local_search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
     config = merge(TINY, {"max_trials": 4, "epochs": 2, "data": {"synthetic": True}})
     (tmp / "search.yaml").write_text(yaml.safe_dump(config))
+    # With a final scrape: each process serves /metrics, once the search is over, until scraped.
     args = ["--workers", "2", "--config", str(tmp / "search.yaml"), "--data", str(tmp / "data"),
-            "--results", str(tmp / "results")]
+            "--results", str(tmp / "results"), "--final-scrape-seconds", "60"]
     scrapes = {"chief": [], "worker": []}
+    scrapers = []
     with local_run(args, tmp / "results" / "ktc-search") as run:
         where = run.endpoints()
         for name, process in where["processes"].items():
             role = name.split("-")[0]
             # A tiny trial's epochs take a fraction of a second: scrape workers often.
             every = 0.5 if role == "chief" else 0.05
-            threading.Thread(target=_scrape_loop, args=(process["metrics_port"], every, scrapes[role], run.proc),
-                             daemon=True).start()
+            scrapers.append(threading.Thread(target=_scrape_loop, daemon=True,
+                                             args=(process["metrics_port"], every, scrapes[role], run.proc)))
+            scrapers[-1].start()
         run.wait_for(lambda s: True, what="the chief answering")
         live = subprocess.run([sys.executable, "-m", "kt_cluster", "status", "--results", str(tmp / "results"), "--json"],
                               capture_output=True, text=True, timeout=60)
         code = run.finish(timeout=600)
+        started = time.monotonic()
+    for scraper in scrapers:  # each ends with ktc local; its last scrape is recorded by then
+        scraper.join(max(0.0, 30 - (time.monotonic() - started)))
     return {"code": code, "output": run.output, "results": tmp / "results", "search": tmp / "results" / "ktc-search",
             "scrapes": scrapes, "endpoints": where, "live_status": live, "args": args}
 
@@ -162,6 +168,20 @@ def test_worker_metrics_show_trial_epoch_and_per_epoch_metrics(local_search):
     assert any(s.name == "ktc_worker_epoch_duration_seconds_count" and s.value >= 1 for s in all_samples)
     assert any(s.name == "ktc_worker_trials_total" and s.labels["outcome"] == "completed" and s.value >= 1
                for s in all_samples)
+
+
+def test_every_worker_is_scraped_once_more_after_its_last_trial(local_search):
+    # Told that the search is over, a worker that ran trials serves /metrics until a scrape has
+    # read its final counts: the last scrapes of the workers hold all 4 trials between them.
+    last = {}
+    for text in local_search["scrapes"]["worker"]:
+        scraped = samples(text)
+        worker = next(s.labels["tuner_id"] for s in scraped if s.name == "ktc_worker_info")
+        last[worker] = scraped
+    completed = {worker: sum(s.value for s in scraped if s.name == "ktc_worker_trials_total"
+                             and s.labels["outcome"] == "completed")
+                 for worker, scraped in last.items()}
+    assert sum(completed.values()) == 4, completed
 
 
 def test_results_command_exports_every_trial(local_search):

@@ -24,7 +24,10 @@ log = logging.getLogger("ktc.worker")
 
 
 def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | None, metrics_port: int,
-               grace_seconds: float, threads: int | None = None, gpu_memory_mb: int | None = None) -> int:
+               grace_seconds: float, threads: int | None = None, gpu_memory_mb: int | None = None,
+               final_scrape_seconds: float = 0.0) -> int:
+    """Train trials until the search is over; then, for up to `final_scrape_seconds`, serve /metrics
+    until one scrape has read this worker's final counts."""
     tuner_id = check_tuner_id(tuner_id)
     gpus = devices.configure(threads, gpu_memory_mb)
     strategy = devices.strategy(gpus, config.batch_size)
@@ -47,7 +50,12 @@ def run_worker(config: SearchConfig, address: str, tuner_id: str, token: str | N
         # process; frozen, it is no longer scanned by the collection each trial's build runs.
         gc.collect()
         gc.freeze()
-        return worker.run()
+        code = worker.run()
+        if final_scrape_seconds > 0 and worker.trials_run and not worker.stopping.is_set():
+            # The last trial's counts would otherwise end with the process, unscraped. A process
+            # that ran no trial (restarted after the end, in a pod) has nothing to tell.
+            http_server.wait_for_final_scrape(final_scrape_seconds, worker.stopping)
+        return code
     finally:
         http_server.stop()
         if tracker:

@@ -114,6 +114,7 @@ class Worker:
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
         self.heartbeat_seconds = max(0.2, config.lease_seconds / 4)
+        self.trials_run = 0  # by this process, whatever their outcome
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
@@ -149,6 +150,7 @@ class Worker:
 
     def run_trial(self, trial: trial_module.Trial) -> TrialOutcome:
         run = TrialRun(trial.trial_id)
+        self.trials_run += 1
         self.metrics.trial_started(trial.trial_id)
         beat = threading.Thread(target=self._heartbeat, args=(run,), daemon=True, name=f"heartbeat-{trial.trial_id}")
         beat.start()

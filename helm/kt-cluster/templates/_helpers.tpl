@@ -328,6 +328,16 @@ prometheus.io/path: /metrics
 {{- end -}}
 
 {{/* Worker processes per pod: trialsPerGPU, times the GPUs when each trial has one to itself. */}}
+{{/* How long the processes of a finished search wait for a last scrape: 0 when nothing scrapes. */}}
+{{- define "kt-cluster.finalScrapeSeconds" -}}
+{{- $m := .Values.monitoring -}}
+{{- if or $m.scrapeAnnotations $m.serviceMonitor.enabled -}}
+{{- $m.finalScrapeSeconds -}}
+{{- else -}}
+0
+{{- end -}}
+{{- end -}}
+
 {{- define "kt-cluster.workerProcesses" -}}
 {{- $w := .Values.workers -}}
 {{- if and (eq (toString $w.gpusPerTrial) "1") (gt (int $w.gpus) 1) -}}
