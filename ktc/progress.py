@@ -8,13 +8,18 @@ BAR_WIDTH = 30
 
 
 def bar(done: int, total: int) -> str:
-    filled = int(BAR_WIDTH * done / total) if total else 0
-    return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {done}/{total}"
+    return _bar(done / total if total else 0.0, f"{done}/{total}")
 
 
 def bar_hours(spent: float, budget: float) -> str:
-    filled = min(BAR_WIDTH, int(BAR_WIDTH * spent / budget))
-    return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {spent / 3600:.2f}/{budget / 3600:g}"
+    return _bar(spent / budget, f"{spent / 3600:.2f}/{budget / 3600:g}")
+
+
+def _bar(share: float, label: str) -> str:
+    """A bar filled to `share` (clamped to 0..1: a budget can be overrun by the trials running at
+    its end), then the label."""
+    filled = max(0, min(BAR_WIDTH, int(BAR_WIDTH * share)))
+    return "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + f"] {label}"
 
 
 def render(status: dict[str, Any]) -> str:

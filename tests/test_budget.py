@@ -106,6 +106,15 @@ def test_status_shows_the_worker_hours_spent_against_their_budget():
     assert "worker hours" not in render(status | {"max_worker_seconds": None})
 
 
+def test_status_bars_stay_full_width_when_the_trials_running_at_the_end_overrun_the_budget():
+    status = {"completed": 32, "failed": 0, "max_trials": 30, "total": 32, "running": [], "queued": 0,
+              "stopped_early": 0, "best": None, "objective": "val_f1", "done": True, "failure": None,
+              "worker_seconds": 7900.0, "max_worker_seconds": 7200.0}
+    lines = render(status).splitlines()
+    assert lines[0].startswith("[" + "#" * 30 + "] 32/30 trials")
+    assert "[" + "#" * 30 + "] 2.19/2 worker hours" in lines
+
+
 @pytest.mark.timeout(300)
 def test_chief_log_status_and_ktc_status_show_a_degenerate_budget(tmp_path):
     cluster = Cluster(tmp_path, config={"tuner": "hyperband", "max_epochs": 27, "max_trials": 3})
