@@ -45,7 +45,8 @@ U-Net (Keras' 0.99), other class weights or the project's cosine schedule; `--ha
 KEY=VALUE` sets any other field of its config (`--epochs 75`, `--handpicked-set batch_size=4`:
 what one training could do with a search's whole budget), and `--search-set KEY=VALUE` the
 same in the config of every search. Prints a table per seed and
-a summary, writes the JSON and plots best score against CPU seconds per tuner and seed.
+a summary, writes the JSON and plots best score against CPU seconds per tuner and seed (the PNG
+in the workdir, or where `--plot` says; `--replot` draws beside its JSON).
 """
 
 from __future__ import annotations
@@ -382,7 +383,8 @@ def main() -> int:
     p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
                    help="the same for the config of every search (data.augment.shift=0.06); repeatable")
     p.add_argument("--workdir", type=Path, default=None, help="default: a fresh directory under /tmp")
-    p.add_argument("--plot", type=Path, default=REPO / "docs" / "search-quality.png")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="the PNG (default: search-quality.png in the workdir, or beside the --replot JSON)")
     p.add_argument("--json", type=Path, help="also write every result here")
     p.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the plot and table from a --json")
     args = p.parse_args()
@@ -392,7 +394,7 @@ def main() -> int:
         results = json.loads(args.replot.read_text())
         args.tuners = list(results[0]["searches"])
         print(report(results, args))
-        plot(results, args, args.plot)
+        plot(results, args, args.plot or args.replot.with_suffix(".png"))
         return 0
     if args.data is None or not (args.data / "classes.txt").exists():
         print("search_quality: --data must be a real-page set (python benchmarks/real_pages.py --out DIR)",
@@ -408,6 +410,7 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     print(report(results, args))
+    args.plot = args.plot or workdir / "search-quality.png"
     plot(results, args, args.plot)
     print(f"plot: {args.plot}")
     return 0
