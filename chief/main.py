@@ -125,7 +125,7 @@ def run_chief(config: SearchConfig, address: str, metrics_port: int, token: str 
                     scaler.keep_at_zero()
         elif final_scrape_seconds > 0:
             left = ended + final_scrape_seconds - time.monotonic()
-            http_server.wait_for_scrape(ended, left, terminated)
+            http_server.wait_for_final_scrape(left, terminated, since=ended)
         return 1 if oracle.failure else 0
     finally:
         server.stop(grace=2)

@@ -182,10 +182,12 @@ class MetricsServer:
                 self._scraped.wait(min(left, STOP_POLL_SECONDS))
             return True
 
-    def wait_for_final_scrape(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        """Keep serving until a scrape has read the values as they stand now, at most `seconds`."""
-        log.info("serving /metrics for a last scrape (at most %g s)", seconds)
-        scraped = self.wait_for_scrape(time.monotonic(), seconds, stop)
+    def wait_for_final_scrape(self, seconds: float, stop: threading.Event | None = None,
+                              since: float | None = None) -> bool:
+        """Keep serving until a scrape has read the values as they stood at `since` (default: now),
+        at most `seconds`; say so in the log."""
+        log.info("serving /metrics for a last scrape (at most %.0f s)", seconds)
+        scraped = self.wait_for_scrape(time.monotonic() if since is None else since, seconds, stop)
         log.info("last scrape %s", "served" if scraped else "not served: none came")
         return scraped
 
