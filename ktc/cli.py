@@ -19,8 +19,8 @@ chief refuses to start, naming the field, and changes nothing (with --linger it 
 from __future__ import annotations
 
 import argparse
-import math
 import logging
+import math
 import os
 import sys
 import types

@@ -327,7 +327,6 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
-{{/* Worker processes per pod: trialsPerGPU, times the GPUs when each trial has one to itself. */}}
 {{/* How long the processes of a finished search wait for a last scrape: 0 when nothing scrapes. */}}
 {{- define "kt-cluster.finalScrapeSeconds" -}}
 {{- $m := .Values.monitoring -}}
@@ -338,6 +337,7 @@ prometheus.io/path: /metrics
 {{- end -}}
 {{- end -}}
 
+{{/* Worker processes per pod: trialsPerGPU, times the GPUs when each trial has one to itself. */}}
 {{- define "kt-cluster.workerProcesses" -}}
 {{- $w := .Values.workers -}}
 {{- if and (eq (toString $w.gpusPerTrial) "1") (gt (int $w.gpus) 1) -}}
